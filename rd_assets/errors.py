@@ -1,0 +1,83 @@
+"""Typed failures of the core: every refusal carries a stable ``code``, the file it concerns and the cause.
+
+Callers (CLI, Dagster checks, reports) show ``code`` to people and machines; they never parse messages.
+"""
+
+from __future__ import annotations
+
+
+class RdAssetsError(Exception):
+    """Base of every failure the core reports on purpose."""
+
+    code: str = "rd_assets_error"
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        where = f" [{self.path}]" if self.path else ""
+        return f"{self.code}: {self.message}{where}"
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"code": self.code, "message": self.message, "path": self.path}
+
+
+class UnsafePickleError(RdAssetsError):
+    """The pickle references a global that could act (execute, import, touch files)."""
+
+    code = "unsafe_pickle"
+
+    def __init__(self, global_name: str, *, path: str | None = None, why: str = "") -> None:
+        reason = f"refused global {global_name!r}" + (f": {why}" if why else "")
+        super().__init__(reason, path=path)
+        self.global_name = global_name
+
+
+class UnreadableSnapshotError(RdAssetsError):
+    """The file is truncated, corrupt, empty, or not a pickle at all."""
+
+    code = "unreadable_snapshot"
+
+
+class SignatureMismatchError(RdAssetsError):
+    """A signed session file whose HMAC does not match the configured signing key."""
+
+    code = "signature_mismatch"
+
+
+class NoSnapshotError(RdAssetsError):
+    """The log dir has no readable ``__session__/<loop>/<step>_<name>`` snapshot."""
+
+    code = "no_snapshot"
+
+
+class NoSotaFactorExperimentError(RdAssetsError):
+    """No accepted (``decision is True``) qlib factor experiment in the chosen trace."""
+
+    code = "no_sota_factor_experiment"
+
+
+class InvalidLogDirError(RdAssetsError):
+    """The path given as a task log dir is missing or is not a directory."""
+
+    code = "invalid_log_dir"
+
+
+class WeightsNotPersistedError(RdAssetsError):
+    """The anchor factor experiment carries no ``model.pkl`` / ``params.pkl`` in its sub-workspaces."""
+
+    code = "weights_not_persisted"
+
+
+class FeatureCountMismatchError(RdAssetsError):
+    """``model_input_order`` and the model's feature count disagree; nothing is padded or cut."""
+
+    code = "feature_count_mismatch"
+
+
+class BundleIntegrityError(RdAssetsError):
+    """A published bundle does not re-hash to its manifest, or a JSON file breaks its schema."""
+
+    code = "bundle_integrity"

@@ -1,0 +1,139 @@
+"""Typed contracts: every JSON rd-assets writes or serves is one of these pydantic models.
+
+Each top-level document carries ``schema_version``; ``rd-assets schema`` publishes their JSON Schemas.
+Field names the stock-selection system already uses (``resolved_model_weight_key``, ``hist_len``,
+``last_sota_factor_index``, ``chosen_session_file``, ``based_factor_entries`` ...) are kept verbatim.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "1.0"
+
+
+class Contract(BaseModel):
+    """Base of every contract: unknown fields are refused so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Document(Contract):
+    schema_version: Literal["1.0"] = SCHEMA_VERSION
+
+
+class ErrorInfo(Contract):
+    code: str
+    message: str
+    path: str | None = None
+
+
+# ---------------------------------------------------------------- session reading (issue: session reader)
+
+
+class SnapshotCandidate(Contract):
+    """One ``__session__/<loop>/<step>_<name>`` file, as seen by stat and (once) by the unpickler."""
+
+    relpath: str = Field(description="path under the task log dir, always with '/' separators")
+    loop_idx: int
+    step_idx: int
+    step_name: str
+    size: int
+    mtime_ns: int
+    hist_len: int | None = Field(None, description="len(trace.hist); null when the file was skipped")
+    file_format: Literal["plain", "signed"] | None = None
+    signature: str | None = Field(None, description="verified / signature not verified / unsigned")
+    loop_class: str | None = None
+    error: ErrorInfo | None = Field(None, description="why this candidate was skipped")
+
+
+class SnapshotSelection(Document):
+    """Which snapshot was chosen and why: every candidate is listed for audit."""
+
+    task_id: str
+    chosen_snapshot: str = Field(description="relpath of the chosen snapshot under the log dir")
+    chosen_loop_idx: int
+    chosen_step_idx: int
+    hist_len: int
+    tied_snapshots: list[str] = Field(description="relpaths with the same (longest) hist, by (loop, step)")
+    tie_rule: str
+    candidates: list[SnapshotCandidate]
+    skipped: int
+    loop_class: str | None = None
+    file_format: Literal["plain", "signed"] | None = None
+    signature: str | None = None
+
+
+class FactorRecord(Contract):
+    """One SOTA factor: what it is, its code, its metrics and where in the trace it came from."""
+
+    name: str
+    description: str | None = None
+    formulation: str | None = None
+    variables: dict[str, Any] | None = None
+    code: str | None = Field(None, description="text of the paired sub-workspace's factor.py")
+    code_sha256: str | None = None
+    code_missing_reason: str | None = None
+    metrics: dict[str, float | int | str | None] | None = None
+    metrics_unavailable_reason: str | None = None
+    hist_index: int | None = Field(None, description="index in trace.hist of the experiment it came from")
+    experiment_class_path: str
+    based_index: int | None = Field(None, description="index in the anchor's based_experiments; null = anchor")
+    sub_task_index: int
+    file_dict_key: str = Field(description="consumer key: factor.py, factor_{j}.py, based_factor_{i}/factor.py")
+
+
+class BasedExperimentRef(Contract):
+    based_index: int
+    class_path: str | None
+    kind: Literal["placeholder", "factor", "model", "other"]
+    hist_index: int | None
+    factor_names: list[str] = []
+
+
+class SubWorkspaceRef(Contract):
+    index: int
+    class_path: str | None
+    file_dict_keys: list[str] = Field(description="keys of file_dict; empty for a None workspace")
+    workspace_path: str | None = None
+
+
+class SotaFactorExperiment(Document):
+    """The last accepted qlib factor experiment (the anchor) and the SOTA factor list it implies."""
+
+    task_id: str
+    chosen_snapshot: str
+    hist_len: int
+    last_sota_factor_index: int
+    anchor_class_path: str
+    anchor_hypothesis: str | None = None
+    feedback_reason: str | None = None
+    anchor_metrics: dict[str, float | int | str | None] | None = None
+    anchor_metrics_unavailable_reason: str | None = None
+    based_experiments: list[BasedExperimentRef]
+    sub_workspaces: list[SubWorkspaceRef]
+    experiment_workspace_path: str | None = Field(None, description="str() of the pickled workspace_path")
+    experiment_workspace_path_style: Literal["posix", "windows"] | None = None
+    experiment_workspace_files: list[str] = []
+    experiment_workspace_yaml: dict[str, str] = Field(
+        default_factory=dict, description="the conf_*.yaml texts of experiment_workspace.file_dict"
+    )
+    sota_factors: list[FactorRecord]
+    task_run_id: str | None = None
+
+
+class InspectResult(Document):
+    """What ``rd-assets inspect --json`` prints: selection, anchor and factors, or the error."""
+
+    task_id: str
+    log_dir: str
+    ok: bool
+    chosen_snapshot: str | None = None
+    hist_len: int | None = None
+    last_sota_factor_index: int | None = None
+    sota_factors: list[FactorRecord] = []
+    candidates: list[SnapshotCandidate] = []
+    selection: SnapshotSelection | None = None
+    error: ErrorInfo | None = None

@@ -1,0 +1,92 @@
+"""Read one task log dir end to end: choose the snapshot, interpret its trace, cache both.
+
+The interpretation of the chosen snapshot is cached in the index next to the per-snapshot summaries,
+so a warm read (nothing changed) only stats files and runs one index query.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from rd_assets.access_log import AccessLog
+from rd_assets.errors import RdAssetsError
+from rd_assets.models import ErrorInfo, InspectResult, SnapshotSelection, SotaFactorExperiment
+from rd_assets.snapshot_index import SnapshotIndex
+from rd_assets.snapshots import Progress, file_key, load_chosen, select_snapshot
+from rd_assets.trace import interpret_trace
+from rd_assets.unpickler import LoadedSession
+
+ENV_SIGNING_KEY = "RD_ASSETS_SIGNING_KEY"
+
+
+def signing_key_from_env() -> str | None:
+    return os.environ.get(ENV_SIGNING_KEY) or None
+
+
+@dataclass
+class TaskReading:
+    selection: SnapshotSelection
+    anchor: SotaFactorExperiment | None
+    error: RdAssetsError | None
+    loaded: LoadedSession | None
+    """The chosen snapshot when this read had to unpickle it; reuse it instead of reading it again."""
+    unpickled: int
+
+
+def read_task(
+    log_dir: Path,
+    *,
+    index: SnapshotIndex,
+    signing_key: str | bytes | None = None,
+    progress: Progress | None = None,
+    access: AccessLog | None = None,
+) -> TaskReading:
+    """Selection plus interpretation; a missing anchor is returned as ``error`` (the selection stays)."""
+    log_dir = log_dir.resolve()
+    outcome = select_snapshot(log_dir, index=index, signing_key=signing_key, progress=progress, access=access)
+    selection = outcome.selection
+    key = file_key(log_dir, outcome.chosen, signing_key)
+    hit = index.get_many("trace", str(log_dir)).get(selection.chosen_snapshot)
+    if hit is not None and hit[0] == key:
+        cached = ErrorInfo.model_validate_json(hit[1]) if hit[1].startswith('{"code"') else None
+        if cached is not None:
+            err = RdAssetsError(cached.message, path=cached.path)
+            err.code = cached.code
+            return TaskReading(selection, None, err, None, outcome.unpickled)
+        return TaskReading(
+            selection, SotaFactorExperiment.model_validate_json(hit[1]), None, None, outcome.unpickled
+        )
+    loaded = outcome.loaded
+    unpickled = outcome.unpickled
+    if loaded is None:
+        loaded = load_chosen(log_dir, selection.chosen_snapshot, signing_key=signing_key, access=access)
+        unpickled += 1
+    try:
+        anchor = interpret_trace(loaded.obj, task_id=log_dir.name, chosen_snapshot=selection.chosen_snapshot)
+    except RdAssetsError as exc:
+        index.put("trace", key, ErrorInfo(code=exc.code, message=exc.message, path=exc.path).model_dump_json())
+        return TaskReading(selection, None, exc, loaded, unpickled)
+    index.put("trace", key, anchor.model_dump_json())
+    return TaskReading(selection, anchor, None, loaded, unpickled)
+
+
+def inspect_result(log_dir: Path, reading: TaskReading | None, error: RdAssetsError | None) -> InspectResult:
+    """The ``inspect --json`` document, for success and failure alike."""
+    log_dir = log_dir.resolve()
+    err = error or (reading.error if reading else None)
+    sel = reading.selection if reading else None
+    anchor = reading.anchor if reading else None
+    return InspectResult(
+        task_id=log_dir.name,
+        log_dir=str(log_dir),
+        ok=err is None,
+        chosen_snapshot=sel.chosen_snapshot if sel else None,
+        hist_len=sel.hist_len if sel else None,
+        last_sota_factor_index=anchor.last_sota_factor_index if anchor else None,
+        sota_factors=anchor.sota_factors if anchor else [],
+        candidates=sel.candidates if sel else [],
+        selection=sel,
+        error=ErrorInfo(code=err.code, message=err.message, path=err.path) if err else None,
+    )

@@ -1,0 +1,103 @@
+"""On-disk index of per-snapshot summaries, so an unchanged snapshot is never unpickled twice.
+
+Entries are keyed by (log dir, relpath, size, mtime_ns, signing-key fingerprint, summary version): any
+change to a file, to the key that verifies it, or to the summary format makes a fresh entry. SQLite (WAL)
+gives safe concurrent use across processes. The index lives outside every log dir; when it cannot be
+opened the reader still works, it only loses the cache, and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+INDEX_FORMAT = "3"
+ENV_INDEX_PATH = "RD_ASSETS_INDEX"
+
+
+def default_index_path() -> Path:
+    env = os.environ.get(ENV_INDEX_PATH)
+    if env:
+        return Path(env)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "rd-assets" / "snapshot-index.sqlite3"
+
+
+def key_fingerprint(signing_key: str | bytes | None) -> str:
+    if signing_key is None:
+        return "-"
+    raw = signing_key.encode() if isinstance(signing_key, str) else signing_key
+    return hashlib.sha256(b"rd-assets-index:" + raw).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class FileKey:
+    log_dir: str
+    relpath: str
+    size: int
+    mtime_ns: int
+    key_fp: str
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    kind TEXT NOT NULL, log_dir TEXT NOT NULL, relpath TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, key_fp TEXT NOT NULL, version TEXT NOT NULL, payload TEXT NOT NULL,
+    PRIMARY KEY (kind, log_dir, relpath)
+);
+"""
+
+
+class SnapshotIndex:
+    """Two kinds of entry: ``summary`` (hist length or skip reason) and ``trace`` (the interpretation)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.unavailable_reason: str | None = None
+        self._db: sqlite3.Connection | None = None
+        if path is None:
+            self.unavailable_reason = "index disabled"
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            self._db = db
+        except (OSError, sqlite3.Error) as exc:
+            self.unavailable_reason = f"index {path} unavailable: {exc}"
+
+    @property
+    def enabled(self) -> bool:
+        return self._db is not None
+
+    def get_many(self, kind: str, log_dir: str) -> dict[str, tuple[FileKey, str]]:
+        """Every entry of one kind for one log dir, by relpath (one query per task: the warm path)."""
+        if self._db is None:
+            return {}
+        rows = self._db.execute(
+            "SELECT relpath, size, mtime_ns, key_fp, payload FROM entries "
+            "WHERE kind = ? AND log_dir = ? AND version = ?",
+            (kind, log_dir, INDEX_FORMAT),
+        ).fetchall()
+        return {r[0]: (FileKey(log_dir, r[0], r[1], r[2], r[3]), r[4]) for r in rows}
+
+    def put(self, kind: str, key: FileKey, payload: str) -> None:
+        if self._db is None:
+            return
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, key.log_dir, key.relpath, key.size, key.mtime_ns, key.key_fp, INDEX_FORMAT, payload),
+            )
+        except sqlite3.Error as exc:
+            self.unavailable_reason = f"index write failed: {exc}"
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
