@@ -18,10 +18,11 @@ same log dir gives byte-identical files and the same ``content_hash``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
+from rd_assets.artifact_models import BasedFactorEntry, ModelIntrospection, ModelWeightInfo
 from rd_assets.models import (
     Contract,
     Document,
@@ -37,96 +38,6 @@ MODEL_META = "model_meta.json"
 EXTRACT_REPORT = "extract_report.json"
 MODEL_TXT = "model.txt"
 FACTOR_ENTRY = "factor_entry.py"
-
-
-class ModelWeightInfo(Contract):
-    """Where the weight bytes came from; the bytes themselves travel beside this, never inside JSON."""
-
-    resolved_model_weight_key: Literal["model.pkl", "params.pkl"]
-    resolved_model_weight_source: Literal["factor_exp"] = "factor_exp"
-    hist_index: int
-    sub_workspace_index: int
-    size: int
-    sha256: str
-    location: str = Field(description="e.g. trace.hist[3][0].sub_workspace_list[0].file_dict['model.pkl']")
-
-
-class ModelIntrospection(Contract):
-    """What the restricted unpickler could learn about the model without importing qlib/lightgbm/torch."""
-
-    class_path: str | None
-    kind: Literal["lightgbm", "other", "unreadable"]
-    feature_count: int | None
-    feature_count_reason: str | None = Field(None, description="why feature_count is null")
-    feature_names: list[str] | None = None
-    objective: str | None = None
-    num_trees: int | None = None
-    model_txt_sha256: str | None = None
-
-
-class FactorOrder(Document):
-    """The authoritative input order of the model: Alpha158 names, then the parquet's dynamic names."""
-
-    task_id: str
-    config_name: str | None = Field(description="the qlib config the anchor ran")
-    config_reason: str
-    alpha158_factors: list[str] | None
-    alpha158_source: str | None = None
-    alpha158_unresolved_reason: str | None = None
-    dynamic_factors: list[str] | None
-    dynamic_source: str | None = Field(None, description="the parquet path read (footer only)")
-    dynamic_unresolved_reason: str | None = None
-    model_input_order: list[str] | None
-    alpha158_count: int | None
-    dynamic_count: int | None
-    model_input_count: int | None
-    model_feature_count: int | None
-    is_aligned: bool
-    alignment_reason: str | None = None
-
-
-class FactorCodeFile(Contract):
-    name: str
-    relpath: str = Field(description="factors/<safe name>.py inside the bundle")
-    file_dict_key: str = Field(description="the key consumers use: factor.py, based_factor_{i}/factor.py")
-    sha256: str | None
-    defines_function: bool
-    missing_reason: str | None = None
-
-
-class BasedFactorEntry(Contract):
-    based_index: int
-    resolved_factor_entry_key: str
-    factor_file_dict_keys: list[str]
-
-
-class FactorCodeIndex(Contract):
-    """Which code file serves which factor, and which factors lack a usable function."""
-
-    files: list[FactorCodeFile]
-    resolved_factor_entry_key: str | None
-    factor_file_dict_keys: list[str]
-    based_factor_entries: list[BasedFactorEntry]
-    incomplete: list[str] = Field(description="factor names without code defining calculate_<name>")
-
-
-class ModelMeta(Document):
-    task_id: str
-    config_name: str | None
-    config_unresolved_reason: str | None = None
-    model_class: str | None = None
-    model_module: str | None = None
-    model_kwargs: dict[str, Any] | None = None
-    dataset_class: str | None = None
-    dataset_segments: dict[str, Any] | None = None
-    handler_class: str | None = None
-    handler_kwargs: dict[str, Any] | None = None
-    loader_class: str | None = None
-    loader_kwargs: dict[str, Any] | None = None
-    learn_processors: list[Any] | None = None
-    infer_processors: list[Any] | None = None
-    label: list[Any] | None = None
-    weight_class_path: str | None = None
 
 
 class SotaFactorsDoc(Document):

@@ -55,9 +55,7 @@ def read_task(
             err = RdAssetsError(cached.message, path=cached.path)
             err.code = cached.code
             return TaskReading(selection, None, err, None, outcome.unpickled)
-        return TaskReading(
-            selection, SotaFactorExperiment.model_validate_json(hit[1]), None, None, outcome.unpickled
-        )
+        return TaskReading(selection, SotaFactorExperiment.model_validate_json(hit[1]), None, None, outcome.unpickled)
     loaded = outcome.loaded
     unpickled = outcome.unpickled
     if loaded is None:

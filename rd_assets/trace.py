@@ -112,9 +112,7 @@ def factor_key(based_index: int | None, sub_task_index: int) -> str:
     return name if based_index is None else f"based_factor_{based_index}/{name}"
 
 
-def _factor_records(
-    exp: Any, *, hist_index: int | None, based_index: int | None
-) -> list[FactorRecord]:
+def _factor_records(exp: Any, *, hist_index: int | None, based_index: int | None) -> list[FactorRecord]:
     metrics, metrics_reason = experiment_metrics(exp)
     workspaces = attr(exp, "sub_workspace_list") or []
     records = []
@@ -181,9 +179,7 @@ def interpret_trace(loop: Any, *, task_id: str, chosen_snapshot: str) -> SotaFac
     for b, based in enumerate(attr(anchor, "based_experiments") or []):
         kind = _based_kind(based)
         own = (
-            _factor_records(based, hist_index=hist_positions.get(id(based)), based_index=b)
-            if kind == "factor"
-            else []
+            _factor_records(based, hist_index=hist_positions.get(id(based)), based_index=b) if kind == "factor" else []
         )
         factors.extend(own)
         based_refs.append(

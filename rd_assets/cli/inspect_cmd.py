@@ -35,7 +35,12 @@ def render_table(result: InspectResult) -> str:
         if len(sel.tied_snapshots) > 1:
             lines.append(f"  tied: {', '.join(sel.tied_snapshots)}")
     if result.last_sota_factor_index is not None:
-        lines += ["", f"last SOTA factor experiment: trace.hist[{result.last_sota_factor_index}]", "", "SOTA factors:"]
+        lines += [
+            "",
+            f"last SOTA factor experiment: trace.hist[{result.last_sota_factor_index}]",
+            "",
+            "SOTA factors:",
+        ]
         lines.append(f"  {'#':>2} {'name':<32} {'hist':>4}  {'code key':<28} code sha256")
         for i, f in enumerate(result.sota_factors):
             sha = (f.code_sha256 or "-")[:16]
