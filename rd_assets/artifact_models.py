@@ -61,11 +61,11 @@ class FactorOrder(Document):
 
 class FactorCodeFile(Contract):
     name: str
-    relpath: str = Field(description="factors/<safe name>.py inside the bundle")
+    relpath: str | None = Field(description="factors/<safe name>.py inside the bundle; null when there is no code")
     file_dict_key: str = Field(description="the key consumers use: factor.py, based_factor_{i}/factor.py")
     sha256: str | None
     defines_function: bool
-    missing_reason: str | None = None
+    missing_reason: str | None = Field(None, description="why the code is absent or defines no function for it")
 
 
 class BasedFactorEntry(Contract):
@@ -81,12 +81,15 @@ class FactorCodeIndex(Contract):
     resolved_factor_entry_key: str | None
     factor_file_dict_keys: list[str]
     based_factor_entries: list[BasedFactorEntry]
-    incomplete: list[str] = Field(description="factor names without code defining calculate_<name>")
+    incomplete: list[str] = Field(
+        description="'<factor name>: <reason>' for each factor (or factor_entry.py) without code defining its function"
+    )
 
 
 class ModelMeta(Document):
     task_id: str
     config_name: str | None
+    config_reason: str | None = Field(None, description="why this config is the executed one (rule and evidence)")
     config_unresolved_reason: str | None = None
     model_class: str | None = None
     model_module: str | None = None

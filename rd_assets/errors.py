@@ -81,3 +81,29 @@ class BundleIntegrityError(RdAssetsError):
     """A published bundle does not re-hash to its manifest, or a JSON file breaks its schema."""
 
     code = "bundle_integrity"
+
+
+class BundleStoreError(RdAssetsError):
+    """The bundle store cannot take a publication (bad task id or relpath, a foreign file in the way)."""
+
+    code = "bundle_store"
+
+
+class InvalidPathMapError(RdAssetsError):
+    """A ``--path-map`` rule is not ``FROM=TO`` with two absolute paths."""
+
+    code = "invalid_path_map"
+
+
+class WorkspaceTraversalError(RdAssetsError):
+    """The run opened or listed a path outside ``__session__`` other than the anchor parquet (rule 5)."""
+
+    code = "workspace_traversal"
+
+
+class NoReadableSnapshotError(NoSnapshotError):
+    """Snapshots exist but every one was skipped; ``candidates`` keeps each one's reason for the audit."""
+
+    def __init__(self, message: str, *, path: str | None = None, candidates: list[object] | None = None) -> None:
+        super().__init__(message, path=path)
+        self.candidates = list(candidates or [])

@@ -1,0 +1,260 @@
+"""The model's input order: Alpha158 names of the executed config, then the dynamic factors of the parquet.
+
+Only two sources are read. The Alpha158 names come from the executed YAML (see :mod:`rd_assets.qlib_config`).
+The dynamic names come from the footer of ``<experiment_workspace.workspace_path>/combined_factors_df.parquet``
+(DESIGN.md rule 5: the only file outside ``__session__`` ever opened), decoded from the pandas metadata
+with ``ast.literal_eval`` - the data pages are never read. Nothing is padded, trimmed or guessed: an
+unreadable part stays ``None`` with its reason, and a count mismatch is stated with both counts.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from rd_assets.access_log import AccessLog
+from rd_assets.artifact_models import FactorOrder
+from rd_assets.errors import FeatureCountMismatchError
+from rd_assets.models import SotaFactorExperiment
+from rd_assets.path_map import PathMap
+from rd_assets.qlib_config import (
+    HANDLER_KWARGS_PATH,
+    decide_config,
+    handler_kwargs,
+    is_placeholder,
+    parse_config,
+    spec_kwargs,
+)
+
+PARQUET_NAME = "combined_factors_df.parquet"
+_COLUMN_FILTERS = ("FilterCol", "DropCol")
+
+
+class FactorOrderError(ValueError):
+    """One part of the order cannot be resolved; the message is the reason shown to people."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One resolved or unresolved part of the order, with where it came from."""
+
+    names: list[str] | None
+    source: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class LoaderLayout:
+    """What the executed config's data loader says about the features, in order."""
+
+    alpha: Part
+    has_dynamic: bool
+    dynamic_problem: str | None = None
+
+
+def _feature_names(config_name: str, where: str, spec: Any) -> Part:
+    """Names of a qlib ``feature: [expressions, names]`` pair."""
+    source = f"{config_name}: {where}.feature[1]"
+    feature = spec.get("feature") if isinstance(spec, dict) else None
+    if not isinstance(feature, list) or len(feature) != 2:
+        return Part(None, source, f"{config_name}: {where}.feature is not an [expressions, names] pair")
+    expressions, names = feature
+    if is_placeholder(names):
+        return Part(None, source, f"{config_name}: the Alpha158 names are the unrendered Jinja placeholder {names}")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return Part(None, source, f"{config_name}: {where}.feature[1] is not a list of names")
+    if isinstance(expressions, list) and len(expressions) != len(names):
+        reason = f"{config_name}: {where}.feature has {len(expressions)} expressions but {len(names)} names"
+        return Part(None, source, reason)
+    return Part(list(names), source, None)
+
+
+def _class_name(spec: Any) -> str:
+    cls = spec.get("class") if isinstance(spec, dict) else None
+    return cls.rsplit(".", 1)[-1] if isinstance(cls, str) else ""
+
+
+def _dynamic_file_problem(config_name: str, value: Any) -> str | None:
+    if isinstance(value, str) and str(PurePosixPath(value)) == PARQUET_NAME:
+        return None
+    return f"{config_name}: the dynamic loader reads {value!r}, not {PARQUET_NAME!r}; only that file may be opened"
+
+
+def loader_layout(config: dict[str, Any], config_name: str) -> LoaderLayout:
+    """Alpha158 part and whether a dynamic part follows, for the three loader shapes rdagent writes."""
+    where = f"{HANDLER_KWARGS_PATH}.data_loader"
+    loader = handler_kwargs(config).get("data_loader")
+    kwargs = spec_kwargs(loader)
+    name = _class_name(loader)
+    if "alpha158_config" in kwargs:  # the fork's CombinedAlpha158DynamicFactorsLoader
+        alpha = _feature_names(config_name, f"{where}.kwargs.alpha158_config", kwargs["alpha158_config"])
+        return LoaderLayout(alpha, True, _dynamic_file_problem(config_name, kwargs.get("dynamic_path")))
+    if name == "NestedDataLoader":  # upstream: Alpha158DL + StaticDataLoader(combined_factors_df.parquet)
+        loaders = kwargs.get("dataloader_l") if isinstance(kwargs.get("dataloader_l"), list) else []
+        kinds = [_class_name(sub) for sub in loaders]
+        if kinds != ["Alpha158DL", "StaticDataLoader"]:
+            reason = f"{config_name}: NestedDataLoader of {kinds}, expected [Alpha158DL, StaticDataLoader]"
+            return LoaderLayout(Part(None, None, reason), False, reason)
+        where_alpha = f"{where}.kwargs.dataloader_l[0].kwargs.config"
+        alpha = _feature_names(config_name, where_alpha, spec_kwargs(loaders[0]).get("config"))
+        return LoaderLayout(alpha, True, _dynamic_file_problem(config_name, spec_kwargs(loaders[1]).get("config")))
+    if name == "Alpha158DL":  # baseline
+        return LoaderLayout(_feature_names(config_name, f"{where}.kwargs.config", kwargs.get("config")), False)
+    reason = f"{config_name}: data loader {name or loader!r} is not one whose feature order is known"
+    return LoaderLayout(Part(None, None, reason), False, reason)
+
+
+def _column_filters(config: dict[str, Any], config_name: str) -> list[tuple[str, Any]]:
+    """``FilterCol`` / ``DropCol`` processors on the feature group, in the order qlib applies them."""
+    kwargs = handler_kwargs(config)
+    found = []
+    for group in ("infer_processors", "learn_processors"):
+        for proc in kwargs.get(group) or []:
+            name = _class_name(proc)
+            proc_kwargs = spec_kwargs(proc)
+            if name in _COLUMN_FILTERS and proc_kwargs.get("fields_group", "feature") == "feature":
+                found.append((name, proc_kwargs.get("col_list")))
+    return found
+
+
+def _apply_filters(part: Part, filters: list[tuple[str, Any]], config_name: str) -> Part:
+    """qlib's FilterCol/DropCol keep the frame's own column order; only membership changes."""
+    if part.names is None or not filters:
+        return part
+    names = part.names
+    for name, col_list in filters:
+        if not isinstance(col_list, list) or not all(isinstance(c, str) for c in col_list):
+            return Part(None, part.source, f"{config_name}: {name}.col_list is not a list of names ({col_list!r})")
+        keep = set(col_list)
+        names = [n for n in names if (n in keep) == (name == "FilterCol")]
+    applied = ", ".join(n for n, _ in filters)
+    return Part(names, f"{part.source} filtered by {applied}", None)
+
+
+def decode_feature_columns(schema: Any) -> list[str]:
+    """Factor names of a ``combined_factors_df`` schema: ``('feature', name)`` columns in file order."""
+    meta = schema.pandas_metadata
+    if not meta:
+        raise FactorOrderError("the parquet has no pandas metadata to tell index columns from features")
+    index_columns = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+    levels = len(meta.get("column_indexes") or [])
+    if levels != 2:
+        raise FactorOrderError(f"columns are a {levels}-level index, expected the 2-level ('feature', name)")
+    by_field = {c.get("field_name"): c.get("name") for c in meta.get("columns", []) if isinstance(c, dict)}
+    names = []
+    for field in schema.names:
+        if field in index_columns:
+            continue
+        label = by_field.get(field, field)
+        try:
+            key = ast.literal_eval(label) if isinstance(label, str) else None
+        except (ValueError, SyntaxError):
+            key = None
+        if not (isinstance(key, tuple) and len(key) == 2 and key[0] == "feature" and isinstance(key[1], str)):
+            raise FactorOrderError(f"column {field!r} is neither an index column nor ('feature', <name>)")
+        names.append(key[1])
+    return names
+
+
+def read_dynamic_factors(parquet: Path, access: AccessLog | None) -> Part:
+    """Footer-only read of the anchor parquet (opened through Python so audit hooks see it)."""
+    if access is not None:
+        access.opened(parquet)
+    try:
+        with open(parquet, "rb") as fh:
+            schema = pq.read_schema(fh)
+    except FileNotFoundError:
+        return Part(None, str(parquet), f"{parquet} not found")
+    except OSError as exc:
+        return Part(None, str(parquet), f"{parquet} cannot be read ({exc.strerror or exc})")
+    except Exception as exc:  # a corrupt footer is a reason, not a crash
+        return Part(None, str(parquet), f"{parquet} has no readable parquet footer ({type(exc).__name__}: {exc})")
+    try:
+        return Part(decode_feature_columns(schema), str(parquet), None)
+    except FactorOrderError as exc:
+        return Part(None, str(parquet), f"{parquet}: {exc}")
+
+
+def _dynamic_part(
+    anchor: SotaFactorExperiment, layout: LoaderLayout, path_map: PathMap, access: AccessLog | None
+) -> Part:
+    if layout.dynamic_problem is not None:
+        return Part(None, None, layout.dynamic_problem)
+    if not layout.has_dynamic:
+        return Part([], None, None)
+    ws = anchor.experiment_workspace_path
+    if ws is None:
+        return Part(None, None, "the anchor's experiment_workspace has no workspace_path")
+    local = path_map.map(ws)
+    if local is None:
+        return Part(None, None, path_map.explain_unmapped(ws))
+    return read_dynamic_factors(local / PARQUET_NAME, access)
+
+
+def _alignment(order: list[str] | None, count: int | None, alpha: Part, dynamic: Part) -> tuple[bool, str | None]:
+    if order is None:
+        gaps = "; ".join(r for r in (alpha.reason, dynamic.reason) if r)
+        return False, f"model_input_order unresolved: {gaps}"
+    if count is None:
+        return False, f"model_input_order has {len(order)} names but the model's feature count is unknown"
+    if len(order) != count:
+        return False, (
+            f"model_input_order has {len(order)} names ({len(alpha.names or [])} Alpha158 + "
+            f"{len(dynamic.names or [])} dynamic) but the model has {count} features"
+        )
+    return True, None
+
+
+def resolve_factor_order(
+    anchor: SotaFactorExperiment,
+    *,
+    model_feature_count: int | None,
+    weight_class_path: str | None,
+    path_map: PathMap,
+    access: AccessLog | None = None,
+) -> FactorOrder:
+    """Alpha158 + dynamic names as the executed config and the anchor parquet define them."""
+    decision = decide_config(anchor, weight_class_path=weight_class_path)
+    config, problem = parse_config(decision)
+    if config is None or decision.name is None:
+        alpha = Part(None, None, problem)
+        dynamic = Part(None, None, f"not read: {problem}")
+    else:
+        layout = loader_layout(config, decision.name)
+        filters = _column_filters(config, decision.name)
+        alpha = _apply_filters(layout.alpha, filters, decision.name)
+        dynamic = _apply_filters(_dynamic_part(anchor, layout, path_map, access), filters, decision.name)
+    order = alpha.names + dynamic.names if alpha.names is not None and dynamic.names is not None else None
+    aligned, reason = _alignment(order, model_feature_count, alpha, dynamic)
+    return FactorOrder(
+        task_id=anchor.task_id,
+        config_name=decision.name,
+        config_reason=decision.reason,
+        alpha158_factors=alpha.names,
+        alpha158_source=alpha.source,
+        alpha158_unresolved_reason=alpha.reason,
+        dynamic_factors=dynamic.names,
+        dynamic_source=dynamic.source,
+        dynamic_unresolved_reason=dynamic.reason,
+        model_input_order=order,
+        alpha158_count=len(alpha.names) if alpha.names is not None else None,
+        dynamic_count=len(dynamic.names) if dynamic.names is not None else None,
+        model_input_count=len(order) if order is not None else None,
+        model_feature_count=model_feature_count,
+        is_aligned=aligned,
+        alignment_reason=reason,
+    )
+
+
+def ensure_aligned(order: FactorOrder) -> None:
+    """Raise :class:`FeatureCountMismatchError` when both counts are known and differ.
+
+    Unresolved parts (missing parquet, placeholder names, unknown model) are gaps the bundle reports as
+    ``selection_ready: false``; they are not a count mismatch.
+    """
+    if order.model_input_count is not None and order.model_feature_count is not None and not order.is_aligned:
+        raise FeatureCountMismatchError(order.alignment_reason or "feature counts differ", path=order.dynamic_source)

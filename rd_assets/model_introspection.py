@@ -1,0 +1,115 @@
+"""Learn what the weight is without importing qlib, lightgbm or torch, and export LightGBM models as text.
+
+The weight pickle is read with the same restricted unpickler as session files: qlib's ``LGBModel`` and
+lightgbm's ``Booster`` become inert stand-ins whose pickled state we read. A pickled ``Booster`` keeps its
+whole model as LightGBM's own text format (state key ``_handle``, ``handle`` before lightgbm 4), so
+``model.txt`` is that string verbatim and plain ``lightgbm`` loads it without qlib or pickle.
+
+A refused or unreadable pickle is not raised: it is returned as ``kind="unreadable"`` with the typed
+error's code and message in ``feature_count_reason``, so the caller can still publish an incomplete bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from rd_assets.artifact_models import ModelIntrospection
+from rd_assets.errors import RdAssetsError
+from rd_assets.trace import attr
+from rd_assets.unpickler import class_path, safe_loads
+
+BOOSTER_CLASS = "lightgbm.basic.Booster"
+_BOOSTER_STATE_KEYS = ("_handle", "handle")
+_WRAPPER_ATTRS = ("model", "_Booster")
+"""Where wrappers keep their Booster: qlib ``LGBModel.model``, lightgbm sklearn ``LGBMModel._Booster``."""
+
+
+@dataclass(frozen=True)
+class ModelExport:
+    """What the weight is, plus ``model.txt`` text when it is a LightGBM model (else ``None``)."""
+
+    introspection: ModelIntrospection
+    model_txt: str | None
+
+
+@dataclass(frozen=True)
+class _Header:
+    feature_count: int | None
+    feature_count_reason: str | None
+    feature_names: list[str] | None
+    objective: str | None
+    num_trees: int
+
+
+def _find_booster(obj: Any) -> Any:
+    if class_path(obj) == BOOSTER_CLASS:
+        return obj
+    for name in _WRAPPER_ATTRS:
+        inner = attr(obj, name)
+        if class_path(inner) == BOOSTER_CLASS:
+            return inner
+    return None
+
+
+def _parse_header(model_txt: str) -> _Header:
+    """Read the ``key=value`` header LightGBM writes before ``Tree=0`` and count the trees."""
+    header: dict[str, str] = {}
+    num_trees = 0
+    in_header = True
+    for line in model_txt.splitlines():
+        if line.startswith("Tree="):
+            in_header = False
+            num_trees += 1
+        elif in_header and "=" in line:
+            key, _, value = line.partition("=")
+            header.setdefault(key, value)
+        elif line.startswith("end of trees"):
+            break
+    names = header.get("feature_names", "").split() or None
+    objective = header.get("objective") or None
+    raw_idx = header.get("max_feature_idx")
+    if raw_idx is None or not raw_idx.strip().lstrip("-").isdigit():
+        return _Header(None, "the LightGBM model string has no integer max_feature_idx", names, objective, num_trees)
+    count = int(raw_idx) + 1
+    if names is not None and len(names) != count:
+        reason = f"max_feature_idx+1 = {count} but feature_names lists {len(names)} names"
+        return _Header(None, reason, names, objective, num_trees)
+    return _Header(count, None, names, objective, num_trees)
+
+
+def introspect_model(data: bytes) -> ModelExport:
+    """Unpickle ``data`` inertly; for LightGBM read count, names, objective and trees from its model string."""
+    try:
+        obj = safe_loads(data, path="model weight")
+    except RdAssetsError as exc:
+        unreadable = ModelIntrospection(
+            class_path=None, kind="unreadable", feature_count=None, feature_count_reason=str(exc)
+        )
+        return ModelExport(unreadable, None)
+    path = class_path(obj) or type(obj).__name__
+    booster = _find_booster(obj)
+    if booster is None:
+        reason = f"model class {path} is not LightGBM; its feature count is not readable without importing it"
+        return ModelExport(
+            ModelIntrospection(class_path=path, kind="other", feature_count=None, feature_count_reason=reason), None
+        )
+    model_txt = next((attr(booster, k) for k in _BOOSTER_STATE_KEYS if isinstance(attr(booster, k), str)), None)
+    if model_txt is None or not model_txt.startswith("tree"):
+        reason = f"the {BOOSTER_CLASS} inside {path} carries no LightGBM model string (untrained or foreign state)"
+        return ModelExport(
+            ModelIntrospection(class_path=path, kind="lightgbm", feature_count=None, feature_count_reason=reason), None
+        )
+    head = _parse_header(model_txt)
+    info = ModelIntrospection(
+        class_path=path,
+        kind="lightgbm",
+        feature_count=head.feature_count,
+        feature_count_reason=head.feature_count_reason,
+        feature_names=head.feature_names,
+        objective=head.objective,
+        num_trees=head.num_trees,
+        model_txt_sha256=hashlib.sha256(model_txt.encode("utf-8")).hexdigest(),
+    )
+    return ModelExport(info, model_txt)

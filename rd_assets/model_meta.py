@@ -1,0 +1,81 @@
+"""``model_meta.json``: what the executed qlib config says about the model, dataset, loader and label.
+
+Read from the executed YAML only (:func:`rd_assets.qlib_config.decide_config`), never from another template
+that happens to sit in the workspace. Unrendered Jinja values stay visible as ``"{{ expr }}"`` strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rd_assets.artifact_models import ModelMeta
+from rd_assets.models import SotaFactorExperiment
+from rd_assets.qlib_config import (
+    dataset_spec,
+    decide_config,
+    handler_kwargs,
+    handler_spec,
+    parse_config,
+    qualified,
+    spec_kwargs,
+)
+
+_HANDLER_PARTS = ("data_loader", "learn_processors", "infer_processors")
+"""Handler kwargs reported in their own fields, left out of ``handler_kwargs`` to avoid saying them twice."""
+
+
+def _dict(value: Any) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
+
+
+def _list(value: Any) -> list[Any] | None:
+    return value if isinstance(value, list) else None
+
+
+def _label(loader_kwargs: dict[str, Any], handler: dict[str, Any]) -> list[Any] | None:
+    """The ``label`` pair of the loader's config (fork, upstream nested or baseline shape), else the handler's."""
+    configs = [loader_kwargs.get("alpha158_config"), loader_kwargs.get("config")]
+    nested = loader_kwargs.get("dataloader_l")
+    configs += [spec_kwargs(sub).get("config") for sub in (nested if isinstance(nested, list) else [])]
+    for config in configs:
+        label = _list((_dict(config) or {}).get("label"))
+        if label is not None:
+            return label
+    return _list(handler.get("label"))
+
+
+def build_model_meta(anchor: SotaFactorExperiment, *, weight_class_path: str | None) -> ModelMeta:
+    """Model, dataset, handler, loader, processors and label of the config the anchor ran."""
+    decision = decide_config(anchor, weight_class_path=weight_class_path)
+    config, problem = parse_config(decision)
+    if config is None:
+        return ModelMeta(
+            task_id=anchor.task_id,
+            config_name=decision.name,
+            config_reason=decision.reason,
+            config_unresolved_reason=problem,
+            weight_class_path=weight_class_path,
+        )
+    model = _dict((_dict(config.get("task")) or {}).get("model")) or {}
+    dataset = dataset_spec(config)
+    handler = handler_kwargs(config)
+    loader = _dict(handler.get("data_loader")) or {}
+    loader_kwargs = spec_kwargs(loader)
+    return ModelMeta(
+        task_id=anchor.task_id,
+        config_name=decision.name,
+        config_reason=decision.reason,
+        model_class=model.get("class") if isinstance(model.get("class"), str) else None,
+        model_module=model.get("module_path") if isinstance(model.get("module_path"), str) else None,
+        model_kwargs=_dict(model.get("kwargs")),
+        dataset_class=qualified(dataset),
+        dataset_segments=_dict(spec_kwargs(dataset).get("segments")),
+        handler_class=qualified(handler_spec(config)),
+        handler_kwargs={k: v for k, v in handler.items() if k not in _HANDLER_PARTS},
+        loader_class=qualified(loader),
+        loader_kwargs=loader_kwargs or None,
+        learn_processors=_list(handler.get("learn_processors")),
+        infer_processors=_list(handler.get("infer_processors")),
+        label=_label(loader_kwargs, handler),
+        weight_class_path=weight_class_path,
+    )

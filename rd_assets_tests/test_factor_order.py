@@ -1,0 +1,273 @@
+"""Factor order: executed config, Alpha158 names from its YAML, dynamic names from the parquet footer only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PureWindowsPath
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rd_assets.access_log import AccessLog
+from rd_assets.artifact_models import FactorOrder
+from rd_assets.errors import FeatureCountMismatchError
+from rd_assets.factor_order import ensure_aligned, resolve_factor_order
+from rd_assets.models import SotaFactorExperiment
+from rd_assets.path_map import PathMap
+from rd_assets.qlib_config import ConfigParseError, load_template_yaml
+from rd_assets.reader import read_task
+from rd_assets.snapshot_index import SnapshotIndex
+from rd_assets.trace import interpret_trace
+from rd_assets.unpickler import safe_loads
+from rd_assets_tests.rdagent_fixtures import (
+    ALPHA158_20,
+    WSL_WORKSPACE_PREFIX,
+    ExperimentSpec,
+    FactorSpec,
+    baseline_yaml,
+    build_loop,
+    default_yaml_files,
+    snapshot_bytes,
+    workspace_dir,
+    write_combined_factors_parquet,
+)
+
+SAMPLES = Path("/work/shared/samples")
+SAMPLE_TASKS = ["2026-03-02_09-15-27-118204", "2026-03-05_14-02-51-730915"]
+SAMPLE_MAP = PathMap.parse([f"{WSL_WORKSPACE_PREFIX}={SAMPLES / 'workspaces'}"])
+LGB = "qlib.contrib.model.gbdt.LGBModel"
+ALPHA_NAMES = [name for _, name in ALPHA158_20]
+
+
+def anchor_of(specs: list[ExperimentSpec], task_id: str = "2026-01-09_16-11-14-215581") -> SotaFactorExperiment:
+    """The anchor summary of a loop pickled with genuine class paths and read back by the restricted unpickler."""
+    loop = safe_loads(snapshot_bytes(build_loop(specs)))
+    return interpret_trace(loop, task_id=task_id, chosen_snapshot="__session__/0/3_feedback")
+
+
+def order_of(
+    anchor: SotaFactorExperiment, root: Path, count: int | None, weight: str | None = LGB
+) -> tuple[FactorOrder, AccessLog]:
+    access = AccessLog()
+    path_map = PathMap.parse([f"{WSL_WORKSPACE_PREFIX}={root}"])
+    order = resolve_factor_order(
+        anchor, model_feature_count=count, weight_class_path=weight, path_map=path_map, access=access
+    )
+    return order, access
+
+
+@pytest.mark.parametrize("task_id", SAMPLE_TASKS)
+def test_samples_match_expected(task_id: str) -> None:
+    expected = json.loads((SAMPLES / "expected" / f"{task_id}.expected.json").read_text())
+    anchor = read_task(SAMPLES / "log" / task_id, index=SnapshotIndex(None)).anchor
+    assert anchor is not None
+    access = AccessLog()
+
+    order = resolve_factor_order(
+        anchor,
+        model_feature_count=expected["model_feature_count"],
+        weight_class_path=LGB,
+        path_map=SAMPLE_MAP,
+        access=access,
+    )
+
+    parquet = str(SAMPLES / "workspaces" / expected["anchor_parquet_relpath"])
+    assert order.config_name == "conf_combined_factors_dynamic.yaml"
+    assert order.alpha158_factors == expected["alpha158_factors"]
+    assert order.dynamic_factors == expected["dynamic_factors"]
+    assert order.model_input_order == expected["alpha158_factors"] + expected["dynamic_factors"]
+    assert order.model_input_count == order.model_feature_count == expected["model_feature_count"]
+    assert order.is_aligned and order.alignment_reason is None
+    assert order.dynamic_source == parquet
+    assert access.opened_paths == [parquet] and access.listed_paths == []
+    ensure_aligned(order)
+
+
+def test_weight_overrides_the_sota_model_rule_and_says_so() -> None:
+    anchor = read_task(SAMPLES / "log" / SAMPLE_TASKS[1], index=SnapshotIndex(None)).anchor
+    assert anchor is not None
+    order = resolve_factor_order(anchor, model_feature_count=23, weight_class_path=LGB, path_map=SAMPLE_MAP)
+    assert order.config_name == "conf_combined_factors_dynamic.yaml"
+    assert order.config_reason.startswith("rule: conf_combined_factors_sota_model.yaml because an accepted model")
+    assert "GeneralPTNN but the persisted weight is qlib.contrib.model.gbdt.LGBModel" in order.config_reason
+
+
+SOTA_MODEL_HIST = [
+    ExperimentSpec(factors=[FactorSpec("Vol_5D")], decision=True),
+    ExperimentSpec(kind="model", decision=True),
+    ExperimentSpec(factors=[FactorSpec("Mom_10D")], decision=True),
+]
+
+
+def test_without_a_weight_the_rule_stands_and_placeholder_names_stay_unresolved(tmp_path: Path) -> None:
+    write_combined_factors_parquet(workspace_dir(tmp_path, SOTA_MODEL_HIST[2], 2), ["Vol_5D", "Mom_10D"])
+    order, _ = order_of(anchor_of(SOTA_MODEL_HIST), tmp_path, None, weight=None)
+    assert order.config_name == "conf_combined_factors_sota_model.yaml"
+    assert "no persisted weight" in order.config_reason
+    assert order.alpha158_factors is None
+    assert "unrendered Jinja placeholder {{ feature_names }}" in (order.alpha158_unresolved_reason or "")
+    assert order.dynamic_factors == ["Vol_5D", "Mom_10D"]
+    assert order.model_input_order is None and not order.is_aligned
+    assert "model_input_order unresolved" in (order.alignment_reason or "")
+    ensure_aligned(order)  # a gap, not a count mismatch
+
+
+def test_a_weight_no_candidate_config_declares_leaves_the_config_unresolved(tmp_path: Path) -> None:
+    order, access = order_of(anchor_of(SOTA_MODEL_HIST), tmp_path, 22, weight="xgboost.sklearn.XGBRegressor")
+    assert order.config_name is None
+    assert "does not match it either" in order.config_reason
+    assert order.alpha158_factors is None and order.dynamic_factors is None
+    assert access.opened_paths == []
+
+
+def test_baseline_reads_no_parquet(tmp_path: Path) -> None:
+    order, access = order_of(anchor_of([ExperimentSpec(factors=[FactorSpec("Vol_5D")])]), tmp_path, 20)
+    assert order.config_name == "conf_baseline.yaml"
+    assert order.alpha158_factors == ALPHA_NAMES
+    assert order.dynamic_factors == [] and order.dynamic_source is None
+    assert order.is_aligned
+    assert access.opened_paths == []
+
+
+def test_upstream_template_with_placeholder_names(tmp_path: Path) -> None:
+    files = default_yaml_files()
+    del files["conf_combined_factors_dynamic.yaml"]
+    hist = [
+        ExperimentSpec(factors=[FactorSpec("Vol_5D")]),
+        ExperimentSpec(factors=[FactorSpec("Mom_10D")], yaml_files=files),
+    ]
+    write_combined_factors_parquet(workspace_dir(tmp_path, hist[1], 1), ["Vol_5D", "Mom_10D"])
+    order, access = order_of(anchor_of(hist), tmp_path, 22)
+    assert order.config_name == "conf_combined_factors.yaml"
+    assert order.alpha158_factors is None
+    assert "{{ feature_names }}" in (order.alpha158_unresolved_reason or "")
+    assert order.dynamic_factors == ["Vol_5D", "Mom_10D"]
+    assert len(access.opened_paths) == 1
+
+
+def two_factor_hist() -> list[ExperimentSpec]:
+    return [ExperimentSpec(factors=[FactorSpec("Vol_5D")]), ExperimentSpec(factors=[FactorSpec("Mom_10D")])]
+
+
+def test_names_are_decoded_not_split(tmp_path: Path) -> None:
+    hist = two_factor_hist()
+    names = ["Mom, 10D", "it's ('feature', 'x')", "Vol_5D", "量价_5D"]
+    write_combined_factors_parquet(workspace_dir(tmp_path, hist[1], 1), names)
+    order, _ = order_of(anchor_of(hist), tmp_path, 24)
+    assert order.dynamic_factors == names
+    assert order.model_input_order == ALPHA_NAMES + names
+    assert order.is_aligned
+
+
+def test_only_the_footer_is_read(tmp_path: Path) -> None:
+    """Data pages overwritten with garbage: pandas cannot read the file, the footer read still can."""
+    hist = two_factor_hist()
+    parquet = write_combined_factors_parquet(workspace_dir(tmp_path, hist[1], 1), ["Vol_5D", "Mom_10D"], days=400)
+    raw = bytearray(parquet.read_bytes())
+    footer_len = int.from_bytes(raw[-8:-4], "little")
+    raw[4 : len(raw) - footer_len - 8] = b"\xff" * (len(raw) - footer_len - 12)
+    parquet.write_bytes(bytes(raw))
+    with pytest.raises(Exception):  # noqa: B017 - any failure proves the data pages are unreadable
+        pd.read_parquet(parquet)
+
+    order, _ = order_of(anchor_of(hist), tmp_path, 22)
+    assert order.dynamic_factors == ["Vol_5D", "Mom_10D"]
+
+
+def test_missing_parquet_is_a_reasoned_gap(tmp_path: Path) -> None:
+    order, access = order_of(anchor_of(two_factor_hist()), tmp_path, 22)
+    parquet = str(workspace_dir(tmp_path, two_factor_hist()[1], 1) / "combined_factors_df.parquet")
+    assert order.dynamic_factors is None
+    assert order.dynamic_unresolved_reason == f"{parquet} not found"
+    assert order.alpha158_factors == ALPHA_NAMES
+    assert order.model_input_order is None and not order.is_aligned
+    assert access.opened_paths == [parquet]
+    ensure_aligned(order)
+
+
+def test_count_mismatch_states_both_counts_and_fails_on_request(tmp_path: Path) -> None:
+    hist = two_factor_hist()
+    write_combined_factors_parquet(workspace_dir(tmp_path, hist[1], 1), ["Vol_5D", "Mom_10D"])
+    order, _ = order_of(anchor_of(hist), tmp_path, 24)
+    assert order.model_input_order == [*ALPHA_NAMES, "Vol_5D", "Mom_10D"]  # nothing padded
+    assert not order.is_aligned
+    assert (
+        order.alignment_reason
+        == "model_input_order has 22 names (20 Alpha158 + 2 dynamic) but the model has 24 features"
+    )
+    with pytest.raises(FeatureCountMismatchError) as info:
+        ensure_aligned(order)
+    assert info.value.code == "feature_count_mismatch"
+
+
+def test_parquet_without_pandas_metadata_is_unresolved(tmp_path: Path) -> None:
+    hist = two_factor_hist()
+    target = workspace_dir(tmp_path, hist[1], 1) / "combined_factors_df.parquet"
+    target.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"('feature', 'Vol_5D')": [1.0], "datetime": [1]}), target)
+    order, _ = order_of(anchor_of(hist), tmp_path, 21)
+    assert order.dynamic_factors is None
+    assert "no pandas metadata" in (order.dynamic_unresolved_reason or "")
+
+
+def test_windows_workspace_path_is_mapped_by_a_wsl_rule(tmp_path: Path) -> None:
+    win = PureWindowsPath("F:/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace/abc123")
+    hist = [
+        ExperimentSpec(factors=[FactorSpec("Vol_5D")]),
+        ExperimentSpec(factors=[FactorSpec("Mom_10D")], workspace_path=win),
+    ]
+    write_combined_factors_parquet(tmp_path / "abc123", ["Vol_5D", "Mom_10D"])
+    anchor = anchor_of(hist)
+    assert anchor.experiment_workspace_path_style == "windows"
+    order, _ = order_of(anchor, tmp_path, 22)
+    assert order.dynamic_factors == ["Vol_5D", "Mom_10D"]
+    assert order.is_aligned
+
+
+def test_filtercol_keeps_the_loader_order(tmp_path: Path) -> None:
+    filter_col = (
+        "        - class: FilterCol\n"
+        "          kwargs:\n"
+        "              fields_group: feature\n"
+        '              col_list: ["KLOW", "RESI5", "CORR20"]\n'
+        "        - class: Fillna\n"
+    )
+    files = {"conf_baseline.yaml": baseline_yaml().replace("        - class: Fillna\n", filter_col, 1)}
+    order, _ = order_of(anchor_of([ExperimentSpec(factors=[FactorSpec("Vol_5D")], yaml_files=files)]), tmp_path, 3)
+    assert order.alpha158_factors == ["RESI5", "CORR20", "KLOW"]
+    assert "filtered by FilterCol" in (order.alpha158_source or "")
+    assert order.is_aligned
+
+
+def test_dynamic_loader_naming_another_file_opens_nothing(tmp_path: Path) -> None:
+    files = default_yaml_files()
+    files["conf_combined_factors_dynamic.yaml"] = files["conf_combined_factors_dynamic.yaml"].replace(
+        "dynamic_path: combined_factors_df.parquet", "dynamic_path: ../../etc/passwd"
+    )
+    hist = [
+        ExperimentSpec(factors=[FactorSpec("Vol_5D")]),
+        ExperimentSpec(factors=[FactorSpec("Mom_10D")], yaml_files=files),
+    ]
+    order, access = order_of(anchor_of(hist), tmp_path, 22)
+    assert order.dynamic_factors is None
+    assert "'../../etc/passwd'" in (order.dynamic_unresolved_reason or "")
+    assert access.opened_paths == []
+
+
+def test_template_yaml_keeps_placeholders_visible() -> None:
+    text = (
+        "a: {{ x }}\n"
+        'b: [{{ y | default("2008-01-01", true) }}, 2008-01-02]\n'
+        'c: {"n": {{ n }}{% if t %}, "t": {{ t }}{% endif %}}\n'
+        "d: 'pre {{ z }} post'\n"
+    )
+    assert load_template_yaml(text) == {
+        "a": "{{ x }}",
+        "b": ['{{ y | default("2008-01-01", true) }}', "2008-01-02"],
+        "c": {"n": "{{ n }}", "t": "{{ t }}"},
+        "d": "pre {{ z }} post",
+    }
+    with pytest.raises(ConfigParseError):
+        load_template_yaml("a: [unclosed\n")

@@ -1,0 +1,90 @@
+"""Path mapping: whole-component prefixes, Windows and WSL forms as one location, no '..' escapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rd_assets.errors import InvalidPathMapError
+from rd_assets.path_map import PathMap, location_key
+
+SAMPLE_RULE = "/mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace=/work/shared/samples/workspaces"
+
+
+def test_sample_rule_maps_the_sample_workspace_to_its_existing_parquet() -> None:
+    pickled = "/mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace/77a0bbbd3e804094b733876492f16490"
+    local = PathMap.parse([SAMPLE_RULE]).map(pickled)
+    assert local == Path("/work/shared/samples/workspaces/77a0bbbd3e804094b733876492f16490")
+    assert (local / "combined_factors_df.parquet").is_file()
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "/mnt/f/Dev/RD=/data/rd",
+        "F:/Dev/RD=/data/rd",
+        "F:\\Dev\\RD=/data/rd",
+        "f:/Dev/RD/=/data/rd",
+        "/mnt/F/Dev/RD=/data/rd",
+    ],
+)
+@pytest.mark.parametrize(
+    "pickled", ["/mnt/f/Dev/RD/ws/ab", "F:/Dev/RD/ws/ab", "F:\\Dev\\RD\\ws\\ab", "f:\\Dev/RD\\ws/ab"]
+)
+def test_windows_and_wsl_forms_are_one_location(rule: str, pickled: str) -> None:
+    assert PathMap.parse([rule]).map(pickled) == Path("/data/rd/ws/ab")
+
+
+def test_prefixes_match_whole_components_only() -> None:
+    path_map = PathMap.parse(["/data/ws=/local/ws"])
+    assert path_map.map("/data/ws/x") == Path("/local/ws/x")
+    assert path_map.map("/data/ws") == Path("/local/ws")
+    assert path_map.map("/data/ws2/x") == Path("/data/ws2/x")  # untouched: no rule covers it
+
+
+def test_most_specific_rule_wins_then_the_first_given() -> None:
+    path_map = PathMap.parse(["/a=/one", "/a/b=/two", "F:/a/b=/three"])
+    assert path_map.map("/a/b/c") == Path("/two/c")
+    assert path_map.map("/a/x") == Path("/one/x")
+    assert path_map.map("/mnt/f/a/b/c") == Path("/three/c")
+
+
+def test_unmapped_paths() -> None:
+    path_map = PathMap.parse([SAMPLE_RULE])
+    assert path_map.map("/srv/ws/1") == Path("/srv/ws/1")
+    assert path_map.map("C:/Users/x/ws") is None
+    assert "Windows path" in path_map.explain_unmapped("C:/Users/x/ws")
+    assert path_map.map("relative/ws") is None
+    assert "not an absolute path" in path_map.explain_unmapped("relative/ws")
+
+
+@pytest.mark.parametrize(
+    "pickled",
+    [
+        "/mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace/../../../etc",
+        "F:\\Dev\\RD-Agent-main\\git_ignore_folder\\RD-Agent_workspace\\..\\x",
+        "/srv/../etc",
+    ],
+)
+def test_dot_dot_is_never_mapped(pickled: str) -> None:
+    path_map = PathMap.parse([SAMPLE_RULE])
+    assert path_map.map(pickled) is None
+    assert "'..'" in path_map.explain_unmapped(pickled)
+
+
+@pytest.mark.parametrize("spec", ["no-equals-sign", "=/x", "/x=", "relative=/x", "/x=relative", "C:/x=relative/y"])
+def test_malformed_rules_are_refused(spec: str) -> None:
+    with pytest.raises(InvalidPathMapError) as info:
+        PathMap.parse([spec])
+    assert info.value.code == "invalid_path_map"
+
+
+def test_location_key_unifies_drive_forms() -> None:
+    assert (
+        location_key("F:/Dev/x")
+        == location_key("/mnt/f/Dev/x")
+        == location_key("f:\\Dev\\x")
+        == ("drive:f", "Dev", "x")
+    )
+    assert location_key("/mnt/data/x") == ("/", "mnt", "data", "x")
