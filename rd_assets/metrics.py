@@ -1,7 +1,10 @@
 """Turn a pickled ``pandas.Series`` of qlib metrics into a plain dict without importing pandas' pickles.
 
 The Series arrives as inert stand-ins (``Series`` -> ``SingleBlockManager`` -> ``_new_Index``) around real
-numpy arrays, so the layout pandas 2.x wrote is read structurally. Anything unexpected degrades to
+numpy arrays, so the layout pandas wrote is read structurally: pandas 2.x stores index labels as an object
+ndarray; pandas >= 3 stores them as a string extension array (an Arrow ``large_string`` array rebuilt from
+its raw buffers by ``pyarrow.lib._restore_array``, or a numpy-backed ``StringArray``), decoded here from
+those buffers without importing pyarrow's pickle machinery. Anything unexpected degrades to
 "metrics unavailable" with the reason: metrics are informative, never a reason to fail a task.
 """
 
@@ -17,13 +20,67 @@ from rd_assets.unpickler import StandIn, class_name
 MetricValue = float | int | str | None
 
 
+_ARROW_OFFSET_WIDTH = {"string": 4, "utf8": 4, "large_string": 8, "large_utf8": 8}
+
+
+def _buffer_bytes(buffer: Any) -> bytes | None:
+    """Bytes of a pickled ``pyarrow.lib.py_buffer(bytearray)`` (``None`` stays ``None``)."""
+    if buffer is None:
+        return None
+    args = buffer.__dict__.get("_rd_args", ()) if isinstance(buffer, StandIn) else ()
+    if class_name(buffer) != "py_buffer" or len(args) != 1 or not isinstance(args[0], bytes | bytearray):
+        raise ValueError(f"unrecognised Arrow buffer {class_name(buffer) or type(buffer).__name__}")
+    return bytes(args[0])
+
+
+def _arrow_strings(array: Any) -> list[str | None]:
+    """Decode ``pyarrow.lib._restore_array((type, length, null_count, offset, buffers, children, dict))``."""
+    args = array.__dict__.get("_rd_args", ()) if isinstance(array, StandIn) else ()
+    if class_name(array) != "_restore_array" or len(args) != 1 or not isinstance(args[0], tuple) or len(args[0]) < 5:
+        raise ValueError(f"unrecognised Arrow array {class_name(array) or type(array).__name__}")
+    arrow_type, length, _null_count, offset, buffers = args[0][:5]
+    type_args = arrow_type.__dict__.get("_rd_args", ()) if isinstance(arrow_type, StandIn) else ()
+    alias = type_args[0] if len(type_args) == 1 else None
+    if alias not in _ARROW_OFFSET_WIDTH or not isinstance(buffers, list) or len(buffers) != 3:
+        raise ValueError(f"Arrow index of type {alias!r} is not a string array")
+    validity, offsets_raw, data = (_buffer_bytes(b) for b in buffers)
+    if offsets_raw is None:
+        raise ValueError("Arrow string array without an offsets buffer")
+    offsets = np.frombuffer(offsets_raw, dtype=f"<i{_ARROW_OFFSET_WIDTH[alias]}")[offset : offset + length + 1]
+    if len(offsets) != length + 1:
+        raise ValueError(f"Arrow offsets buffer too short for {length} labels")
+    text = data or b""
+    labels: list[str | None] = []
+    for i in range(length):
+        pos = offset + i
+        if validity is not None and not (validity[pos // 8] >> (pos % 8)) & 1:
+            labels.append(None)
+        else:
+            labels.append(text[offsets[i] : offsets[i + 1]].decode("utf-8"))
+    return labels
+
+
+def _array_labels(data: Any) -> list[Any]:
+    """Labels held by a pickled Index's ``data``: an ndarray, or a pandas >= 3 string extension array."""
+    kind = class_name(data)
+    if kind == "ArrowStringArray":
+        return _arrow_strings(data.__dict__.get("_pa_array"))
+    if kind == "__pyx_unpickle_NDArrayBacked":  # numpy-backed StringArray: state is (dtype, ndarray[, attrs])
+        state = data.__dict__.get("_rd_state")
+        if isinstance(state, tuple) and len(state) in (2, 3) and isinstance(state[1], np.ndarray):
+            return list(state[1].tolist())
+    if isinstance(data, StandIn):
+        raise ValueError(f"unrecognised index array {class_name(data)}")
+    return list(np.asarray(data).tolist())
+
+
 def _index_labels(index: Any) -> list[Any]:
     """Labels of a pickled pandas Index (``_new_Index(cls, {"data": ...})`` or a RangeIndex dict)."""
     if isinstance(index, StandIn):
         args = index.__dict__.get("_rd_args", ())
         payload = args[1] if len(args) >= 2 and isinstance(args[1], dict) else index.__dict__
         if "data" in payload:
-            return list(np.asarray(payload["data"]).tolist())
+            return _array_labels(payload["data"])
         if {"start", "stop"} <= payload.keys():
             return list(range(payload["start"], payload["stop"], payload.get("step", 1) or 1))
     if isinstance(index, np.ndarray | list | tuple):

@@ -11,8 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rd_assets.access_log import AccessLog
-from rd_assets.errors import RdAssetsError
-from rd_assets.models import ErrorInfo, InspectResult, SnapshotSelection, SotaFactorExperiment
+from rd_assets.errors import (
+    NoReadableSnapshotError,
+    NoSotaFactorExperimentError,
+    RdAssetsError,
+    UnreadableSnapshotError,
+)
+from rd_assets.models import ErrorInfo, InspectResult, SnapshotCandidate, SnapshotSelection, SotaFactorExperiment
 from rd_assets.snapshot_index import SnapshotIndex
 from rd_assets.snapshots import Progress, file_key, load_chosen, select_snapshot
 from rd_assets.trace import interpret_trace
@@ -35,6 +40,19 @@ class TaskReading:
     unpickled: int
 
 
+_INTERPRETATION_ERRORS: tuple[type[RdAssetsError], ...] = (NoSotaFactorExperimentError, UnreadableSnapshotError)
+
+
+def _cached_error(info: ErrorInfo) -> RdAssetsError:
+    """The typed error a cached interpretation recorded, so a warm read fails exactly like a cold one."""
+    for cls in _INTERPRETATION_ERRORS:
+        if cls.code == info.code:
+            return cls(info.message, path=info.path)
+    err = RdAssetsError(info.message, path=info.path)
+    err.code = info.code
+    return err
+
+
 def read_task(
     log_dir: Path,
     *,
@@ -52,9 +70,7 @@ def read_task(
     if hit is not None and hit[0] == key:
         cached = ErrorInfo.model_validate_json(hit[1]) if hit[1].startswith('{"code"') else None
         if cached is not None:
-            err = RdAssetsError(cached.message, path=cached.path)
-            err.code = cached.code
-            return TaskReading(selection, None, err, None, outcome.unpickled)
+            return TaskReading(selection, None, _cached_error(cached), None, outcome.unpickled)
         return TaskReading(selection, SotaFactorExperiment.model_validate_json(hit[1]), None, None, outcome.unpickled)
     loaded = outcome.loaded
     unpickled = outcome.unpickled
@@ -68,6 +84,12 @@ def read_task(
         return TaskReading(selection, None, exc, loaded, unpickled)
     index.put("trace", key, anchor.model_dump_json())
     return TaskReading(selection, anchor, None, loaded, unpickled)
+
+
+def _skipped_candidates(error: RdAssetsError | None) -> list[SnapshotCandidate]:
+    """When every snapshot was skipped, the candidates (with their reasons) travel on the error."""
+    found = error.candidates if isinstance(error, NoReadableSnapshotError) else []
+    return [c for c in found if isinstance(c, SnapshotCandidate)]
 
 
 def inspect_result(log_dir: Path, reading: TaskReading | None, error: RdAssetsError | None) -> InspectResult:
@@ -84,7 +106,7 @@ def inspect_result(log_dir: Path, reading: TaskReading | None, error: RdAssetsEr
         hist_len=sel.hist_len if sel else None,
         last_sota_factor_index=anchor.last_sota_factor_index if anchor else None,
         sota_factors=anchor.sota_factors if anchor else [],
-        candidates=sel.candidates if sel else [],
+        candidates=sel.candidates if sel else _skipped_candidates(err),
         selection=sel,
         error=ErrorInfo(code=err.code, message=err.message, path=err.path) if err else None,
     )

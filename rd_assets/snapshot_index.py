@@ -2,7 +2,8 @@
 
 Entries are keyed by (log dir, relpath, size, mtime_ns, signing-key fingerprint, summary version): any
 change to a file, to the key that verifies it, or to the summary format makes a fresh entry. SQLite (WAL)
-gives safe concurrent use across processes. The index lives outside every log dir; when it cannot be
+gives safe concurrent use across processes. The index lives outside every log dir (it is opened lazily and
+an index path inside the log dir being read is refused before anything is created); when it cannot be
 opened the reader still works, it only loses the cache, and says so.
 """
 
@@ -58,9 +59,15 @@ class SnapshotIndex:
         self.path = path
         self.unavailable_reason: str | None = None
         self._db: sqlite3.Connection | None = None
+        self._opened = path is None  # opened lazily, so a log dir can be excluded before anything is created
         if path is None:
             self.unavailable_reason = "index disabled"
-            return
+
+    def _connection(self) -> sqlite3.Connection | None:
+        path = self.path
+        if self._opened or path is None:
+            return self._db
+        self._opened = True
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(path, timeout=30, isolation_level=None)
@@ -70,27 +77,43 @@ class SnapshotIndex:
             self._db = db
         except (OSError, sqlite3.Error) as exc:
             self.unavailable_reason = f"index {path} unavailable: {exc}"
+        return self._db
+
+    def exclude_tree(self, root: Path) -> None:
+        """Nothing is ever written under a log dir: an index located inside ``root`` is not used (nor created)."""
+        if self.path is None:
+            return
+        index_path, tree = self.path.resolve(), root.resolve()
+        if index_path == tree or tree in index_path.parents:
+            self.close()
+            self.unavailable_reason = f"index {self.path} lies inside the log dir {root}: not used"
 
     @property
     def enabled(self) -> bool:
-        return self._db is not None
+        return self._connection() is not None
 
     def get_many(self, kind: str, log_dir: str) -> dict[str, tuple[FileKey, str]]:
         """Every entry of one kind for one log dir, by relpath (one query per task: the warm path)."""
-        if self._db is None:
+        db = self._connection()
+        if db is None:
             return {}
-        rows = self._db.execute(
-            "SELECT relpath, size, mtime_ns, key_fp, payload FROM entries "
-            "WHERE kind = ? AND log_dir = ? AND version = ?",
-            (kind, log_dir, INDEX_FORMAT),
-        ).fetchall()
+        try:
+            rows = db.execute(
+                "SELECT relpath, size, mtime_ns, key_fp, payload FROM entries "
+                "WHERE kind = ? AND log_dir = ? AND version = ?",
+                (kind, log_dir, INDEX_FORMAT),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            self.unavailable_reason = f"index read failed: {exc}"
+            return {}
         return {r[0]: (FileKey(log_dir, r[0], r[1], r[2], r[3]), r[4]) for r in rows}
 
     def put(self, kind: str, key: FileKey, payload: str) -> None:
-        if self._db is None:
+        db = self._connection()
+        if db is None:
             return
         try:
-            self._db.execute(
+            db.execute(
                 "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (kind, key.log_dir, key.relpath, key.size, key.mtime_ns, key.key_fp, INDEX_FORMAT, payload),
             )
@@ -98,6 +121,7 @@ class SnapshotIndex:
             self.unavailable_reason = f"index write failed: {exc}"
 
     def close(self) -> None:
+        self._opened = True
         if self._db is not None:
             self._db.close()
             self._db = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 from rd_assets.access_log import AccessLog
 from rd_assets.errors import (
     InvalidLogDirError,
+    NoReadableSnapshotError,
     NoSnapshotError,
     SignatureMismatchError,
     UnreadableSnapshotError,
@@ -36,6 +38,7 @@ from rd_assets.unpickler import LoadedSession, class_path, load_session_file
 SESSION_DIR = "__session__"
 TIE_RULE = "longest trace.hist; ties broken by the highest (loop_idx, step_idx)"
 _STEP_RE = re.compile(r"^(\d+)_(.+)$")
+_RELPATH_RE = re.compile(rf"^{SESSION_DIR}/(\d+)/(\d+)_([^/]+)$")
 
 Progress = Callable[[int, int, str], None]
 
@@ -148,6 +151,7 @@ def select_snapshot(
     """Scan every candidate (cached summaries first), keep the best, report all of them."""
     log_dir = log_dir.resolve()
     task_id = log_dir.name
+    index.exclude_tree(log_dir)
     snaps = discover(log_dir, access=access)
     if not snaps:
         raise NoSnapshotError(f"no {SESSION_DIR}/<loop>/<step>_<name> file", path=str(log_dir))
@@ -175,8 +179,10 @@ def select_snapshot(
             progress(n, len(snaps), snap.relpath)
     if best is None:
         reasons = sorted({c.error.code for c in candidates if c.error})
-        raise NoSnapshotError(
-            f"none of the {len(candidates)} snapshots is readable ({', '.join(reasons)})", path=str(log_dir)
+        raise NoReadableSnapshotError(
+            f"none of the {len(candidates)} snapshots is readable ({', '.join(reasons)})",
+            path=str(log_dir),
+            candidates=candidates,
         )
     hist_len, chosen, chosen_cand = best
     tied = [c.relpath for c in candidates if c.hist_len == hist_len]
@@ -204,10 +210,22 @@ def load_chosen(
     signing_key: str | bytes | None = None,
     access: AccessLog | None = None,
 ) -> LoadedSession:
-    """Unpickle the chosen snapshot again (for artifacts such as weight bytes that are not cached)."""
-    snap = next((s for s in discover(log_dir.resolve(), access=access) if s.relpath == relpath), None)
-    if snap is None:
-        raise UnreadableSnapshotError("chosen snapshot disappeared from the log dir", path=relpath)
+    """Unpickle the chosen snapshot again (for artifacts such as weight bytes that are not cached).
+
+    Only that one file and its loop folder are stat'ed: re-listing ``__session__`` on a slow mount would
+    cost as much as the whole scan did. The same rules as :func:`discover` apply (no symlinks, no other path).
+    """
+    match = _RELPATH_RE.match(relpath)
+    if match is None:
+        raise UnreadableSnapshotError(f"not a {SESSION_DIR}/<loop>/<step>_<name> relpath", path=relpath)
+    log_dir = log_dir.resolve()
+    path = log_dir / relpath
+    try:
+        loop_mode, file_mode = (log_dir / SESSION_DIR / match.group(1)).lstat().st_mode, path.lstat().st_mode
+    except OSError as exc:
+        raise UnreadableSnapshotError("chosen snapshot disappeared from the log dir", path=relpath) from exc
+    if not (stat.S_ISDIR(loop_mode) and stat.S_ISREG(file_mode)):
+        raise UnreadableSnapshotError("chosen snapshot is not a regular file in a loop folder", path=relpath)
     if access:
-        access.opened(snap.path)
-    return load_session_file(snap.path, signing_key=signing_key, display=snap.relpath)
+        access.opened(path)
+    return load_session_file(path, signing_key=signing_key, display=relpath)

@@ -1,0 +1,62 @@
+"""Shared pytest fixtures: the genuine samples (read-only, copied when a test must touch them) and a fresh index."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rd_assets.snapshot_index import SnapshotIndex
+
+SAMPLES = Path("/work/shared/samples")
+SAMPLE_LOGS = SAMPLES / "log"
+PLAIN_TASK = "2026-03-02_09-15-27-118204"
+SIGNED_TASK = "2026-03-05_14-02-51-730915"
+SAMPLE_TASKS = (PLAIN_TASK, SIGNED_TASK)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+
+
+def expected_for(task_id: str) -> dict[str, Any]:
+    """The ground truth the real rdagent run wrote next to each sample."""
+    return json.loads((SAMPLES / "expected" / f"{task_id}.expected.json").read_text())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _samples_present() -> None:
+    if not SAMPLE_LOGS.is_dir():
+        pytest.exit(f"the shared samples are missing: {SAMPLE_LOGS}", returncode=3)
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[SnapshotIndex]:
+    """A fresh on-disk index outside every log dir, closed after the test."""
+    idx = SnapshotIndex(tmp_path / "idx.sqlite")
+    yield idx
+    idx.close()
+
+
+@pytest.fixture
+def log_root(tmp_path: Path) -> Path:
+    """Where generated task log dirs go (``<log_root>/<task_id>/__session__``)."""
+    root = tmp_path / "log"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def copy_sample(tmp_path: Path) -> Callable[[str], Path]:
+    """Copy one sample task log dir into tmp_path (for tests that change files); returns the copy's log dir."""
+
+    def copy(task_id: str) -> Path:
+        target = tmp_path / "samples-copy" / task_id
+        shutil.copytree(SAMPLE_LOGS / task_id, target)
+        for path in [target, *target.rglob("*")]:  # the shared tree is read-only; the copy must be editable
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        return target
+
+    return copy
