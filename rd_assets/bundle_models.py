@@ -12,8 +12,10 @@ Layout of one published version (immutable once published)::
     factor_entry.py          the anchor's own factor code (sub_task 0)
     factors/<safe name>.py   one per SOTA factor
 
-Only ``manifest.json`` carries timestamps; every other file is a pure function of the log dir, so the
-same log dir gives byte-identical files and the same ``content_hash``.
+Only ``manifest.json`` carries timestamps and run counters (``extract_run``); every other file is a pure
+function of the log dir (and the path map), so the same log dir gives byte-identical files and the same
+``content_hash``. A store keeps versions under ``<store>/.versions/<task_id>/<version>/`` and points the
+symlink ``<store>/<task_id>`` at the current one (see :mod:`rd_assets.bundle_store`).
 """
 
 from __future__ import annotations
@@ -73,32 +75,82 @@ class SotaFactorAnchor(Contract):
     based_factor_entries: list[BasedFactorEntry]
 
 
+class ExtractRun(Contract):
+    """Counters that depend on the run (index warmth), not on the log dir: kept out of the content hash."""
+
+    unpickled_snapshots: int = Field(description="snapshots this run had to unpickle (0..n; fewer when indexed)")
+    index: str = Field(description="'enabled' or why the snapshot index was not used")
+
+
 class Manifest(Document):
     task_id: str
     task_run_id: str | None
     generated_at_utc: str
     tool_version: str
-    content_hash: str = Field(description="sha256 over the sorted (relpath, sha256) of every file but this one")
+    content_hash: str = Field(
+        description="sha256 over the sorted lines '<relpath>\\t<sha256>\\n' of every file but manifest.json"
+    )
     session_anchor: SessionAnchor
     sota_factor_anchor: SotaFactorAnchor
     primary_assets: dict[str, str | None] = Field(
         description="role -> relpath: model_weight, model_txt, sota_factors, factor_order, model_meta, factor_entry"
     )
-    files: dict[str, FileEntry]
+    files: dict[str, FileEntry] = Field(description="every file of the version but manifest.json itself")
     selection_ready: bool
     reasons: list[str]
+    extract_run: ExtractRun | None = None
 
 
 class ExtractReport(Document):
+    """Diagnostics of one extraction; the published copy has ``run`` null so it stays deterministic."""
+
     task_id: str
     log_dir_name: str
     chosen_snapshot: str
-    unpickled_snapshots: int
     skipped_candidates: list[ErrorInfo]
-    paths_opened_outside_session: list[str]
+    paths_opened_outside_session: list[str] = Field(
+        description="from the run's AccessLog: every path opened that is not under __session__ (the one parquet)"
+    )
+    access_violations: list[str] = Field(
+        description="paths opened or listed that are neither __session__ files nor the anchor parquet (must be empty)"
+    )
     path_map: list[str]
+    config_name: str | None = None
     model: ModelIntrospection | None
     weight: ModelWeightInfo | None
     weight_error: ErrorInfo | None = None
+    alignment_error: ErrorInfo | None = Field(
+        None, description="the feature_count_mismatch tolerated by allow-incomplete"
+    )
     factor_code_incomplete: list[str]
     notes: list[str] = []
+    run: ExtractRun | None = None
+
+
+class VerifyReport(Document):
+    """What ``rd-assets verify`` found: ``ok`` only when ``problems`` is empty."""
+
+    bundle_dir: str
+    version_dir: str | None
+    task_id: str | None
+    content_hash: str | None
+    ok: bool
+    problems: list[str]
+    checked_files: int
+    notes: list[str] = []
+
+
+class ExtractResult(Document):
+    """What ``rd-assets extract --json`` prints: where the bundle went, or the error that stopped it."""
+
+    ok: bool
+    task_id: str
+    log_dir: str
+    bundle_path: str | None = None
+    version_dir: str | None = None
+    content_hash: str | None = None
+    changed: bool | None = Field(None, description="false: identical content was already current (no-op)")
+    selection_ready: bool | None = None
+    reasons: list[str] = []
+    report: ExtractReport | None = None
+    error: ErrorInfo | None = None

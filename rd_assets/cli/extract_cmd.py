@@ -1,0 +1,153 @@
+"""``rd-assets extract LOG_DIR --store DIR``: publish one task's bundle and say what went into it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rd_assets.artifact_models import FactorOrder
+from rd_assets.bundle_models import FACTOR_ORDER, SOTA_FACTORS, ExtractResult, SotaFactorsDoc
+from rd_assets.cli.common import EXIT_ERROR, add_index_options, open_index, print_json
+from rd_assets.errors import RdAssetsError
+from rd_assets.extract import ExtractOutcome, extract_task, refuse_inside
+from rd_assets.models import ErrorInfo
+from rd_assets.path_map import PathMap
+from rd_assets.reader import signing_key_from_env
+from rd_assets.snapshot_index import default_index_path
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 (the current version is always kept)")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="extract a task's bundle and publish it atomically into a store")
+    p.add_argument("log_dir", type=Path, help="a task log dir, e.g. log/2026-01-09_16-11-14-215581")
+    p.add_argument("--store", type=Path, required=True, help="bundle store directory (outside the log dir)")
+    p.add_argument(
+        "--path-map",
+        action="append",
+        default=[],
+        metavar="FROM=TO",
+        help="rewrite a pickled workspace path prefix (repeatable; F:/x, F:\\x and /mnt/f/x are the same)",
+    )
+    p.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="publish without weights or alignment; the bundle then says selection_ready: false",
+    )
+    p.add_argument(
+        "--keep-versions", type=_positive, default=3, metavar="N", help="published versions to keep (default 3)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    add_index_options(p)
+    p.set_defaults(handler=run)
+
+
+def _order_line(order: FactorOrder) -> list[str]:
+    alpha = "?" if order.alpha158_count is None else order.alpha158_count
+    dynamic = "?" if order.dynamic_count is None else order.dynamic_count
+    lines = [f"  order      {alpha} alpha158 + {dynamic} dynamic = {order.model_input_count}  ({order.config_name})"]
+    if order.dynamic_factors:
+        lines.append(f"  dynamic    {', '.join(order.dynamic_factors)}")
+    for label, reason in (("alpha158", order.alpha158_unresolved_reason), ("dynamic", order.dynamic_unresolved_reason)):
+        if reason:
+            lines.append(f"  {label:<10} unresolved: {reason}")
+    if order.is_aligned:
+        lines.append(f"  alignment  aligned with the model's {order.model_feature_count} features")
+    else:
+        lines.append(f"  alignment  NOT aligned: {order.alignment_reason}")
+    return lines
+
+
+def render_summary(outcome: ExtractOutcome) -> str:
+    """The human summary: anchor, factors, weight, order, alignment, readiness and where the bundle is."""
+    manifest, report = outcome.content.manifest, outcome.report
+    anchor, session = manifest.sota_factor_anchor, manifest.session_anchor
+    sota = SotaFactorsDoc.model_validate_json(outcome.content.files[SOTA_FACTORS])
+    lines = [
+        f"task {manifest.task_id}",
+        f"  snapshot   {session.chosen_session_file}  (hist_len {session.hist_len}, "
+        f"{len(session.candidates)} candidates, {len(report.skipped_candidates)} skipped)",
+        f"  anchor     trace.hist[{anchor.last_sota_factor_index}]  {anchor.anchor_class_path}",
+        f"  factors    {len(sota.factors)}: {', '.join(f.name for f in sota.factors)}",
+    ]
+    if report.weight is not None:
+        w = report.weight
+        lines.append(
+            f"  weight     {w.resolved_model_weight_key}  {w.size} bytes  sha256 {w.sha256[:16]}  {w.location}"
+        )
+    else:
+        lines.append(f"  weight     none: {report.weight_error.message if report.weight_error else 'not resolved'}")
+    if report.factor_code_incomplete:
+        lines.append(f"  code       incomplete: {', '.join(report.factor_code_incomplete)}")
+    if report.model is not None:
+        m = report.model
+        count = m.feature_count if m.feature_count is not None else f"unknown ({m.feature_count_reason})"
+        lines.append(f"  model      {m.kind} {m.class_path}  features {count}  trees {m.num_trees}")
+    lines += _order_line(FactorOrder.model_validate_json(outcome.content.files[FACTOR_ORDER]))
+    ready = "true" if manifest.selection_ready else f"false: {'; '.join(manifest.reasons)}"
+    state = "published" if outcome.publish.changed else "unchanged (identical content already current)"
+    lines += [
+        f"  ready      {ready}",
+        f"  bundle     {outcome.publish.bundle_path} -> {outcome.publish.version_dir.name}  {state}",
+        f"  content    sha256 {outcome.publish.content_hash}",
+    ]
+    return "\n".join(lines)
+
+
+def _result(args: argparse.Namespace, outcome: ExtractOutcome | None, error: RdAssetsError | None) -> ExtractResult:
+    log_dir = args.log_dir.resolve()
+    if outcome is None:
+        assert error is not None
+        info = ErrorInfo(code=error.code, message=error.message, path=error.path)
+        return ExtractResult(ok=False, task_id=log_dir.name, log_dir=str(log_dir), error=info)
+    manifest = outcome.content.manifest
+    return ExtractResult(
+        ok=True,
+        task_id=manifest.task_id,
+        log_dir=str(log_dir),
+        bundle_path=str(outcome.publish.bundle_path),
+        version_dir=str(outcome.publish.version_dir),
+        content_hash=outcome.publish.content_hash,
+        changed=outcome.publish.changed,
+        selection_ready=manifest.selection_ready,
+        reasons=manifest.reasons,
+        report=outcome.report,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    outcome, error = None, None
+    index = None
+    try:
+        path_map = PathMap.parse(args.path_map)
+        refuse_inside(args.log_dir, "bundle store", args.store)
+        refuse_inside(args.log_dir, "snapshot index", None if args.no_index else (args.index or default_index_path()))
+        index = open_index(args)
+        outcome = extract_task(
+            args.log_dir,
+            store=args.store,
+            path_map=path_map,
+            index=index,
+            signing_key=signing_key_from_env(),
+            allow_incomplete=args.allow_incomplete,
+            keep_versions=args.keep_versions,
+        )
+    except RdAssetsError as exc:
+        error = exc
+    finally:
+        if index is not None:
+            index.close()
+    if args.json:
+        print_json(_result(args, outcome, error).model_dump_json(indent=2))
+    elif outcome is not None:
+        print(render_summary(outcome))
+    if error is not None:
+        sys.stderr.write(f"error: {error.code}: {error.message}" + (f" [{error.path}]" if error.path else "") + "\n")
+        return EXIT_ERROR
+    return 0

@@ -1,0 +1,25 @@
+"""``rd-assets schema [--out DIR]``: the JSON Schema of every document rd-assets writes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rd_assets.cli.common import print_json
+from rd_assets.schemas import export_schemas, schema_files
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("schema", help="write <Model>.schema.json for every bundle and CLI document")
+    p.add_argument("--out", type=Path, default=None, help="directory to write into (default: print them as one JSON)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out is None:
+        print_json({name: json.loads(data) for name, data in schema_files().items()})
+        return 0
+    for path in export_schemas(args.out):
+        print(path)
+    return 0

@@ -1,0 +1,43 @@
+"""``rd-assets verify BUNDLE_DIR``: re-hash, re-validate and re-check a published bundle."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rd_assets.bundle_models import VerifyReport
+from rd_assets.cli.common import EXIT_ERROR, print_json
+from rd_assets.errors import BundleIntegrityError
+from rd_assets.verify import verify_bundle
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="check a published bundle against its manifest and schemas")
+    p.add_argument("bundle_dir", type=Path, help="<store>/<task_id> or one of its version directories")
+    p.add_argument("--json", action="store_true", help="print the VerifyReport as JSON")
+    p.set_defaults(handler=run)
+
+
+def render(report: VerifyReport) -> str:
+    lines = [f"bundle {report.bundle_dir}", f"  version  {report.version_dir}", f"  task     {report.task_id}"]
+    lines.append(f"  content  sha256 {report.content_hash}  ({report.checked_files} files)")
+    lines += [f"  note     {note}" for note in report.notes]
+    if report.ok:
+        lines.append("  OK")
+    else:
+        lines.append(f"  {len(report.problems)} problem(s):")
+        lines += [f"    - {problem}" for problem in report.problems]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = verify_bundle(args.bundle_dir)
+    if args.json:
+        print_json(report.model_dump_json(indent=2))
+    else:
+        print(render(report))
+    if not report.ok:
+        sys.stderr.write(f"error: {BundleIntegrityError.code}: {len(report.problems)} problem(s)\n")
+        return EXIT_ERROR
+    return 0
