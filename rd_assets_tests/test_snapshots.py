@@ -283,6 +283,7 @@ def test_fixture_globals_are_genuine_rdagent_globals() -> None:
 
 
 def test_fixture_leaves_no_module_behind(log_root: Path) -> None:
+    mp_main_before = sys.modules.get("__mp_main__")  # importing multiprocessing.spawn (dagster does) aliases __main__
     write_task(log_root, TASK, growing_timeline(1), hist=HIST, loop_path=MAIN_FACTOR_LOOP)
     write_task(log_root, TASK + "1", growing_timeline(1), hist=HIST, loop_path=MP_MAIN_FACTOR_LOOP)
     assert not any(name == "rdagent" or name.startswith("rdagent.") for name in sys.modules)
@@ -291,7 +292,7 @@ def test_fixture_leaves_no_module_behind(log_root: Path) -> None:
     with genuine_modules():  # nested use (a benchmark's naive baseline) still pickles and loads genuinely
         data = snapshot_bytes(build_loop(HIST, loop_path=MP_MAIN_FACTOR_LOOP))
         assert type(pickle.loads(data)).__module__ == "__mp_main__"
-    assert "rdagent" not in sys.modules and "__mp_main__" not in sys.modules
+    assert "rdagent" not in sys.modules and sys.modules.get("__mp_main__") is mp_main_before
 
 
 def test_load_chosen_stats_only_the_chosen_file(log_root: Path) -> None:

@@ -1,0 +1,192 @@
+"""Both genuine samples through the real Dagster chain: six assets, five checks, a bundle equal to the truth."""
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    ExecuteInProcessResult,
+    instance_for_test,
+    materialize,
+)
+
+from rd_assets.assets import rd_task_assets
+from rd_assets.bundle_models import Manifest, SotaFactorsDoc
+from rd_assets.checks import bundle_integrity, factor_code_complete, factor_order_matches_model, no_workspace_traversal
+from rd_assets.extract import extract_task
+from rd_assets.io_managers import RdValueIOManager
+from rd_assets.partitions import RD_TASK_PARTITIONS_NAME
+from rd_assets.path_map import PathMap
+from rd_assets.resources import DEFAULT_PATH_MAP, BundleStore, RdLogRoot
+from rd_assets.snapshot_index import SnapshotIndex
+
+SAMPLES = Path(__file__).resolve().parents[1].parent / "shared/samples"
+SAMPLE_TASKS = ("2026-03-02_09-15-27-118204", "2026-03-05_14-02-51-730915")
+ASSET_NAMES = [
+    "session_snapshot",
+    "last_sota_factor_exp",
+    "model_weight",
+    "factor_order",
+    "factor_code",
+    "aistock_bundle",
+]
+CHECK_NAMES = {
+    "model_weight_source_is_factor_exp",
+    "no_workspace_traversal",
+    "factor_order_matches_model",
+    "factor_code_complete",
+    "bundle_integrity",
+}
+ALL_DEFS = [*rd_task_assets, no_workspace_traversal, factor_order_matches_model, factor_code_complete, bundle_integrity]
+
+
+def chain_resources(tmp: Path, log_root: Path, path_map: list[str] | None = None) -> dict[str, Any]:
+    """Resources of the chain with everything written under ``tmp`` (never under the log root)."""
+    store = BundleStore(store_dir=str(tmp / "store"))
+    root = RdLogRoot(
+        log_root=str(log_root),
+        path_map=list(DEFAULT_PATH_MAP if path_map is None else path_map),
+        index_path=str(tmp / "index" / "snapshot-index.sqlite3"),
+    )
+    return {"rd_log_root": root, "bundle_store": store, "io_manager": RdValueIOManager(bundle_store=store)}
+
+
+def materialize_task(
+    instance: DagsterInstance, resources: Mapping[str, Any], task_id: str, tags: Mapping[str, str] | None = None
+) -> ExecuteInProcessResult:
+    if not instance.has_dynamic_partition(RD_TASK_PARTITIONS_NAME, task_id):
+        instance.add_dynamic_partitions(RD_TASK_PARTITIONS_NAME, [task_id])
+    return materialize(
+        ALL_DEFS, partition_key=task_id, instance=instance, resources=resources, raise_on_error=False, tags=tags
+    )
+
+
+def checks_of(result: ExecuteInProcessResult) -> dict[str, Any]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def materialized(result: ExecuteInProcessResult) -> list[str]:
+    return [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DagsterInstance, dict, dict]]:
+    """Both samples materialized once; the signing key is configured, so the signed sample is verified."""
+    tmp = tmp_path_factory.mktemp("chain")
+    resources = chain_resources(tmp, SAMPLES / "log")
+    signing_key = json.loads((SAMPLES / "expected" / f"{SAMPLE_TASKS[1]}.expected.json").read_text())["signing_key"]
+    with pytest.MonkeyPatch.context() as env, instance_for_test() as instance:
+        env.setenv("RD_ASSETS_SIGNING_KEY", signing_key)
+        results = {task: materialize_task(instance, resources, task) for task in SAMPLE_TASKS}
+        yield instance, resources, results
+
+
+@pytest.mark.parametrize("task_id", SAMPLE_TASKS)
+def test_all_six_assets_and_all_checks_pass(chain: tuple, task_id: str) -> None:
+    _, _, results = chain
+    result = results[task_id]
+    assert result.success
+    assert materialized(result) == ASSET_NAMES
+    checks = checks_of(result)
+    assert set(checks) == CHECK_NAMES
+    assert {name: ev.passed for name, ev in checks.items()} == dict.fromkeys(CHECK_NAMES, True)
+
+
+@pytest.mark.parametrize("task_id", SAMPLE_TASKS)
+def test_bundle_matches_the_expected_json(chain: tuple, task_id: str) -> None:
+    _, resources, _ = chain
+    expected = json.loads((SAMPLES / "expected" / f"{task_id}.expected.json").read_text())
+    bundle = resources["bundle_store"].path / task_id
+    manifest = Manifest.model_validate_json((bundle / "manifest.json").read_bytes())
+    assert manifest.selection_ready and manifest.reasons == []
+    assert manifest.session_anchor.chosen_session_file == expected["chosen_snapshot_relpath"]
+    assert manifest.session_anchor.hist_len == expected["hist_len"]
+    assert manifest.sota_factor_anchor.last_sota_factor_index == expected["last_sota_factor_index"]
+    assert manifest.sota_factor_anchor.resolved_model_weight_key == expected["weights_key"]
+    assert manifest.sota_factor_anchor.resolved_model_weight_source == "factor_exp"
+    weight = (bundle / expected["weights_key"]).read_bytes()
+    assert (sha(weight), len(weight)) == (expected["weights_sha256"], expected["weights_bytes"])
+    sota = SotaFactorsDoc.model_validate_json((bundle / "sota_factors.json").read_bytes())
+    assert [f.name for f in sota.factors] == expected["sota_factor_names"]
+    for got, want in zip(sota.factors, expected["factors"], strict=True):
+        assert (got.formulation, got.description, got.variables, got.hist_index) == (
+            want["formulation"],
+            want["description"],
+            want["variables"],
+            want["hist_index"],
+        )
+        assert sha((bundle / sota.code_relpaths[got.name]).read_bytes()) == want["factor_py_sha256"]
+    order = json.loads((bundle / "factor_order.json").read_text())
+    assert order["alpha158_factors"] == expected["alpha158_factors"]
+    assert order["dynamic_factors"] == expected["dynamic_factors"]
+    assert order["model_input_order"] == expected["alpha158_factors"] + expected["dynamic_factors"]
+    assert order["model_feature_count"] == expected["model_feature_count"] and order["is_aligned"]
+    assert (bundle / "model.txt").read_text().startswith("tree")
+
+
+@pytest.mark.parametrize("task_id", SAMPLE_TASKS)
+def test_dagster_publishes_the_same_content_as_the_cli_extract(chain: tuple, task_id: str, tmp_path: Path) -> None:
+    _, _, results = chain
+    outcome = extract_task(
+        SAMPLES / "log" / task_id,
+        store=tmp_path / "cli_store",
+        path_map=PathMap.parse(list(DEFAULT_PATH_MAP)),
+        index=SnapshotIndex(None),
+        signing_key=json.loads((SAMPLES / "expected" / f"{task_id}.expected.json").read_text()).get("signing_key"),
+    )
+    manifest = results[task_id].output_for_node("aistock_bundle")
+    assert manifest.content_hash == outcome.publish.content_hash
+    assert outcome.content.files.keys() == manifest.files.keys() | {"manifest.json"}
+
+
+def test_materializations_carry_the_metadata_people_read(chain: tuple) -> None:
+    instance, resources, _ = chain
+    task_id = SAMPLE_TASKS[1]
+
+    def meta(asset: str) -> dict[str, Any]:
+        event = instance.get_latest_materialization_event(AssetKey(asset))
+        assert event is not None
+        records = instance.fetch_materializations(AssetKey(asset), limit=10).records
+        mat = next(r.asset_materialization for r in records if r.asset_materialization.partition == task_id)
+        return {k: v.value for k, v in mat.metadata.items()}
+
+    snap = meta("session_snapshot")
+    assert snap["chosen_snapshot"] == "__session__/5/4_record" and snap["hist_len"] == 6
+    assert snap["candidates"] == 30 and snap["skipped"] == 0
+    assert snap["signature"] == "verified" and snap["file_format"] == "signed"
+    assert all("/__session__/" in p for p in snap["paths_opened"])
+    anchor = meta("last_sota_factor_exp")
+    assert anchor["anchor_hist_index"] == 3 and anchor["factor_count"] == len(anchor["factor_names"])
+    weight = meta("model_weight")
+    assert (weight["weight_key"], weight["weight_source"], weight["weight_size"]) == ("params.pkl", "factor_exp", 11326)
+    assert weight["weight_sha256"] == "842920ad0b0220d7502cb83824652440794ab6fa4200fa896d0b8a275274806e"
+    order = meta("factor_order")
+    assert order["model_feature_count"] == "23" and order["is_aligned"] is True
+    assert order["paths_opened"] == [order["anchor_parquet"]]
+    bundle = meta("aistock_bundle")
+    assert bundle["selection_ready"] is True and bundle["reasons"] == []
+    assert Path(bundle["bundle_path"]) == resources["bundle_store"].path / task_id
+    assert len(bundle["content_hash"]) == 64
+
+
+def test_rematerializing_unchanged_content_is_a_no_op_publish(chain: tuple) -> None:
+    instance, resources, _ = chain
+    task_id = SAMPLE_TASKS[0]
+    version_before = (resources["bundle_store"].path / task_id).resolve()
+    again = materialize_task(instance, resources, task_id)
+    assert again.success
+    mat = next(e for e in again.get_asset_materialization_events() if e.asset_key == AssetKey("aistock_bundle"))
+    metadata = mat.step_materialization_data.materialization.metadata
+    assert metadata["changed"].value is False
+    assert (resources["bundle_store"].path / task_id).resolve() == version_before
+    record = resources["bundle_store"].publication(task_id)
+    assert record is not None and record.run_id == again.run_id

@@ -1,0 +1,88 @@
+"""rd_task_backfill_schedule: missing or stale bundles get a run; deterministic failures and fresh ones do not."""
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from dagster import DagsterRunStatus, RunRequest, SkipReason, build_schedule_context, instance_for_test
+from dagster._core.test_utils import create_run_for_test
+
+from rd_assets.fingerprint import session_fingerprint
+from rd_assets.partitions import FINGERPRINT_TAG, PARTITION_TAG, RD_TASK_PARTITIONS_NAME
+from rd_assets.schedules import rd_task_backfill_schedule
+from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, growing_timeline, write_task
+from rd_assets_tests.test_assets import chain_resources, materialize_task
+
+SAMPLE = "2026-03-02_09-15-27-118204"
+NO_WEIGHTS = "2026-01-09_16-11-14-215581"
+
+
+def evaluate(instance, resources) -> list[RunRequest] | SkipReason:
+    sub = {k: resources[k] for k in ("rd_log_root", "bundle_store")}
+    with build_schedule_context(instance=instance, resources=sub) as context:
+        return rd_task_backfill_schedule(context)
+
+
+def grow(log_dir: Path) -> None:
+    """RD-Agent starts a new loop folder: a copy of the latest snapshot as its first step."""
+    latest = max((log_dir / "__session__").glob("*/*"), key=lambda p: (int(p.parent.name), p.name))
+    new = log_dir / "__session__" / str(int(latest.parent.name) + 1) / "0_direct_exp_gen"
+    new.parent.mkdir()
+    shutil.copyfile(latest, new)
+
+
+def test_missing_then_fresh_then_stale(tmp_path: Path, copy_sample: Callable[[str], Path]) -> None:
+    log_root = copy_sample(SAMPLE).parent
+    resources = chain_resources(tmp_path, log_root)
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(RD_TASK_PARTITIONS_NAME, [SAMPLE])
+        missing = evaluate(instance, resources)
+        fp = session_fingerprint(log_root / SAMPLE).token
+        assert [(r.partition_key, r.run_key, r.tags[FINGERPRINT_TAG]) for r in missing] == [
+            (SAMPLE, f"{SAMPLE}:{fp}", fp)
+        ]
+
+        assert materialize_task(instance, resources, SAMPLE).success
+        fresh = evaluate(instance, resources)
+        assert isinstance(fresh, SkipReason) and "'fresh': 1" in fresh.skip_message
+        assert resources["bundle_store"].publication(SAMPLE).session_fingerprint == fp
+
+        grow(log_root / SAMPLE)
+        stale = evaluate(instance, resources)
+        new_fp = session_fingerprint(log_root / SAMPLE).token
+        assert [(r.partition_key, r.tags[FINGERPRINT_TAG]) for r in stale] == [(SAMPLE, new_fp)]
+
+        create_run_for_test(
+            instance,
+            job_name="rd_task_job",
+            tags={PARTITION_TAG: SAMPLE, FINGERPRINT_TAG: new_fp},
+            status=DagsterRunStatus.STARTED,
+        )
+        in_flight = evaluate(instance, resources)
+        assert isinstance(in_flight, SkipReason) and "'in_flight': 1" in in_flight.skip_message
+
+
+def test_a_deterministic_failure_is_not_retried_until_the_session_changes(tmp_path: Path) -> None:
+    log_root = tmp_path / "log"
+    spec = ExperimentSpec(factors=[FactorSpec("Mom_10D")], decision=True)  # no weights: fails every time
+    log_dir = write_task(log_root, NO_WEIGHTS, growing_timeline(6), hist=[spec] * 6)
+    resources = chain_resources(tmp_path, log_root, path_map=[])
+    with instance_for_test() as instance:
+        fp = session_fingerprint(log_dir).token
+        failed = materialize_task(instance, resources, NO_WEIGHTS, tags={FINGERPRINT_TAG: fp})
+        assert not failed.success
+        skipped = evaluate(instance, resources)
+        assert isinstance(skipped, SkipReason) and "'failed_before': 1" in skipped.skip_message
+        grow(log_dir)
+        retried = evaluate(instance, resources)
+        assert [r.partition_key for r in retried] == [NO_WEIGHTS]
+        assert retried[0].tags[FINGERPRINT_TAG] == session_fingerprint(log_dir).token != fp
+
+
+def test_a_vanished_log_dir_is_not_requested(tmp_path: Path) -> None:
+    resources = chain_resources(tmp_path, tmp_path / "log")
+    (tmp_path / "log").mkdir()
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(RD_TASK_PARTITIONS_NAME, [SAMPLE])
+        result = evaluate(instance, resources)
+    assert isinstance(result, SkipReason) and "'log_dir_gone': 1" in result.skip_message
