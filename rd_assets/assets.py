@@ -10,7 +10,6 @@ holds whichever executor (one process or one per step) runs the chain.
 """
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from dagster import (
@@ -45,16 +44,17 @@ from rd_assets.errors import (
     WeightsNotPersistedError,
     WorkspaceTraversalError,
 )
+from rd_assets.extract import build_report
 from rd_assets.factor_code import FactorCodeSet, build_factor_code
 from rd_assets.factor_order import resolve_factor_order
 from rd_assets.fingerprint import selection_fingerprint
-from rd_assets.model_introspection import introspect_model
+from rd_assets.model_introspection import ModelExport, introspect_model
 from rd_assets.model_meta import build_model_meta
 from rd_assets.models import SnapshotSelection, SotaFactorExperiment
 from rd_assets.partitions import rd_task_partitions
 from rd_assets.reader import TaskReading, read_task
 from rd_assets.resources import BundleStore, RdLogRoot
-from rd_assets.snapshots import SESSION_DIR, load_chosen
+from rd_assets.snapshots import load_chosen
 from rd_assets.trace import anchor_experiment
 from rd_assets.weights import ModelWeight, resolve_model_weight
 
@@ -278,43 +278,31 @@ def _extract_report(
     rd_log_root: RdLogRoot,
     selection: SnapshotSelection,
     weight: ModelWeight,
+    model: ModelExport,
     order: FactorOrder,
     code: FactorCodeSet,
 ) -> ExtractReport:
-    """The same report ``rd_assets.extract`` writes, from the access records this run's steps stored."""
+    """The core's report (``extract.build_report``) fed with the access records this run's steps stored."""
     task_id = selection.task_id
     log_dir = rd_log_root.log_dir(task_id).resolve()
     access, missing = recorded_access(instance, task_id)
-    allowed = {order.dynamic_source} if order.dynamic_source else set()
-    violations = access.violations(log_dir, allowed)
-    if missing or violations:
+    if missing:
         raise WorkspaceTraversalError(
-            f"access audit incomplete ({', '.join(missing) or 'none missing'}) or violated "
-            f"({', '.join(violations) or 'none'})",
-            path=str(log_dir),
+            f"access audit incomplete: no access record from {', '.join(missing)}", path=str(log_dir)
         )
-    session = log_dir / SESSION_DIR
-    model = introspect_model(weight.data).introspection
-    notes = [f"signature: {selection.signature}"] if selection.signature else []
-    if model.feature_count is None:
-        notes.append(f"model feature count unknown: {model.feature_count_reason}")
     unpickled = sum(
         _latest_value(instance, name, task_id, META_UNPICKLED) or 0 for name in ("session_snapshot", "model_weight")
     )
     index_state = _latest_value(instance, "session_snapshot", task_id, META_INDEX) or "unknown"
-    return ExtractReport(
-        task_id=task_id,
-        log_dir_name=log_dir.name,
-        chosen_snapshot=selection.chosen_snapshot,
-        skipped_candidates=[c.error for c in selection.candidates if c.error is not None],
-        paths_opened_outside_session=sorted({p for p in access.opened_paths if session not in Path(p).parents}),
-        access_violations=violations,
-        path_map=[f"{rule.source}={rule.target}" for rule in rd_log_root.parsed_path_map().rules],
-        config_name=order.config_name,
+    return build_report(
+        log_dir=log_dir,
+        selection=selection,
+        access=access,
+        path_map=rd_log_root.parsed_path_map(),
+        order=order,
         model=model,
-        weight=weight.info,
-        factor_code_incomplete=code.index.incomplete,
-        notes=notes,
+        weight=weight,
+        code=code,
         run=ExtractRun(unpickled_snapshots=unpickled, index=str(index_state)),
     )
 
@@ -345,6 +333,7 @@ def aistock_bundle(
         rd_log_root=rd_log_root,
         selection=session_snapshot,
         weight=model_weight,
+        model=model,
         order=factor_order,
         code=factor_code,
     )
