@@ -1,0 +1,124 @@
+"""Helpers for the Results API tests and its benchmark: real bundles, bundle variants, a real server process.
+
+Bundles come from the genuine samples through the real pipeline (``rd_assets.extract.extract_task`` publishing
+with ``rd_assets.bundle_store.publish_bundle``). Variants for republish tests change the weight bytes and get a
+manifest rebuilt with the core's own helpers, so they are valid bundles the publisher accepts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from rd_assets.bundle import BundleContent, content_hash, file_entries, json_bytes
+from rd_assets.bundle_models import MANIFEST
+from rd_assets.extract import extract_task
+from rd_assets.path_map import PathMap
+from rd_assets.snapshot_index import SnapshotIndex
+
+SAMPLES = Path("/work/shared/samples")
+PLAIN_TASK = "2026-03-02_09-15-27-118204"
+SIGNED_TASK = "2026-03-05_14-02-51-730915"
+SAMPLE_SIGNING_KEY = "rdgen-sample-signing-key-0123456789abcdef"
+PATH_MAP = PathMap.parse([f"/mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace={SAMPLES / 'workspaces'}"])
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RD_ASSETS = REPO_ROOT / ".venv" / "bin" / "rd-assets"
+
+
+def extract_samples(store: Path) -> dict[str, BundleContent]:
+    """Publish both genuine sample tasks into ``store``; returns each task's published content."""
+    contents = {}
+    for task_id, key in ((PLAIN_TASK, None), (SIGNED_TASK, SAMPLE_SIGNING_KEY)):
+        outcome = extract_task(
+            SAMPLES / "log" / task_id, store=store, path_map=PATH_MAP, index=SnapshotIndex(None), signing_key=key
+        )
+        contents[task_id] = outcome.content
+    return contents
+
+
+def with_weight(content: BundleContent, weight: bytes, *, generated_at_utc: str | None = None) -> BundleContent:
+    """The same bundle with other weight bytes (same key), its manifest rebuilt by the core's helpers."""
+    key = content.manifest.sota_factor_anchor.resolved_model_weight_key
+    assert key is not None, "variants need a bundle with a weight"
+    files = {rel: data for rel, data in content.files.items() if rel != MANIFEST}
+    files[key] = weight
+    entries = file_entries(files)
+    update = {"files": entries, "content_hash": content_hash(entries)}
+    if generated_at_utc is not None:
+        update["generated_at_utc"] = generated_at_utc
+    manifest = content.manifest.model_copy(update=update)
+    files[MANIFEST] = json_bytes(manifest)
+    return BundleContent(task_id=content.task_id, files=files, manifest=manifest)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Server:
+    base_url: str
+    pid: int
+
+
+@contextlib.contextmanager
+def serving(store: Path, *, token: str | None = None, log_level: str = "warning") -> Iterator[Server]:
+    """``rd-assets serve`` as a real subprocess on a free 127.0.0.1 port; always stopped by its PID.
+
+    Its output goes to a temporary file (a pipe nobody drains could fill up and stall the server).
+    """
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RD_ASSETS_API_TOKEN"}
+    if token is not None:
+        env["RD_ASSETS_API_TOKEN"] = token
+    cmd = [str(RD_ASSETS), "serve", "--store", str(store), "--port", str(port), "--log-level", log_level]
+    with tempfile.TemporaryFile() as output:
+        proc = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 20
+            while True:
+                if proc.poll() is not None:
+                    output.seek(0)
+                    said = output.read().decode(errors="replace")
+                    raise RuntimeError(f"server exited with {proc.returncode}: {said}")
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("server did not answer /health within 20 s")
+                time.sleep(0.05)
+            yield Server(base, proc.pid)
+        finally:
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the PID, SIGKILL it if it lingers, and reap it."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
