@@ -41,7 +41,7 @@ TMP_PREFIX = ".tmp-"
 LINK_TMP_PREFIX = ".tmp-link-"
 LOCK_NAME = ".lock"
 _VERSION_RE = re.compile(r"^v(\d{6,})-[0-9a-f]{12}$")
-_RELPART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+RELPART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def _check_task_id(task_id: str) -> None:
 
 def check_relpath(relpath: str) -> None:
     """Bundle relpaths are canonical plain names (``factors/x.py``): nothing absolute, hidden, empty or traversing."""
-    if not all(_RELPART_RE.fullmatch(part) for part in relpath.split("/")):
+    if not all(RELPART_RE.fullmatch(part) for part in relpath.split("/")):
         raise BundleStoreError(f"unsafe bundle relpath {relpath!r}", path=relpath)
 
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from rd_assets.api.responses import TaskSummary
 from rd_assets.bundle_models import MANIFEST, SOTA_FACTORS, Manifest, SotaFactorsDoc
-from rd_assets.bundle_store import _RELPART_RE, VERSIONS_DIR, check_relpath, current_version_dir
+from rd_assets.bundle_store import RELPART_RE, VERSIONS_DIR, check_relpath, current_version_dir
 from rd_assets.errors import BundleIntegrityError, BundleStoreError, RdAssetsError
 from rd_assets.task_ids import is_task_id
 
@@ -34,7 +34,7 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 TAR_MTIME = 0
 """Fixed member mtime (and uid/gid 0, mode 0644) so the same version always streams the same tar bytes."""
 _CACHE_MAX = 16384
-_KEY_PART = _RELPART_RE.pattern.removeprefix("^").removesuffix("$")
+_KEY_PART = RELPART_RE.pattern.removeprefix("^").removesuffix("$")
 KEY_PATTERN = rf"^{_KEY_PART}(/{_KEY_PART})*$"
 """What an asset key may look like: the publisher's own relpath rule (so the spec says what is accepted)."""
 
