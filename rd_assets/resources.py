@@ -29,12 +29,9 @@ from rd_assets.errors import InvalidLogDirError
 from rd_assets.models import Document
 from rd_assets.path_map import PathMap
 from rd_assets.reader import ENV_SIGNING_KEY
+from rd_assets.samples import REPO_DIR, SAMPLE_PATH_MAP, SAMPLES_DIR
 from rd_assets.snapshot_index import ENV_INDEX_PATH, SnapshotIndex
 from rd_assets.task_ids import is_task_id
-
-REPO_DIR = Path(__file__).resolve().parents[1]
-SAMPLES_DIR = REPO_DIR.parent / "shared/samples"
-SAMPLE_WORKSPACE_PREFIX = "/mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace"
 
 ENV_LOG_ROOT = "RD_ASSETS_LOG_ROOT"
 ENV_PATH_MAP = "RD_ASSETS_PATH_MAP"
@@ -42,7 +39,7 @@ ENV_STORE = "RD_ASSETS_STORE"
 ENV_KEEP_VERSIONS = "RD_ASSETS_KEEP_VERSIONS"
 
 DEFAULT_LOG_ROOT = SAMPLES_DIR / "log"
-DEFAULT_PATH_MAP = (f"{SAMPLE_WORKSPACE_PREFIX}={SAMPLES_DIR / 'workspaces'}",)
+DEFAULT_PATH_MAP = (SAMPLE_PATH_MAP,)
 DEFAULT_STORE = REPO_DIR / ".rd_assets_store"
 DEFAULT_INDEX = REPO_DIR / ".rd_assets_index" / "snapshot-index.sqlite3"
 

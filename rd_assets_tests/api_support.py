@@ -24,13 +24,14 @@ from rd_assets.bundle import BundleContent, content_hash, file_entries, json_byt
 from rd_assets.bundle_models import MANIFEST
 from rd_assets.extract import extract_task
 from rd_assets.path_map import PathMap
+from rd_assets.samples import SAMPLE_PATH_MAP, SAMPLES_DIR
 from rd_assets.snapshot_index import SnapshotIndex
 
-SAMPLES = Path("/work/shared/samples")
+SAMPLES = SAMPLES_DIR
 PLAIN_TASK = "2026-03-02_09-15-27-118204"
 SIGNED_TASK = "2026-03-05_14-02-51-730915"
 SAMPLE_SIGNING_KEY = "rdgen-sample-signing-key-0123456789abcdef"
-PATH_MAP = PathMap.parse([f"/mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace={SAMPLES / 'workspaces'}"])
+PATH_MAP = PathMap.parse([SAMPLE_PATH_MAP])
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RD_ASSETS = REPO_ROOT / ".venv" / "bin" / "rd-assets"
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from rd_assets.samples import SAMPLES_DIR
 from rd_assets.snapshot_index import SnapshotIndex
 
-SAMPLES = Path("/work/shared/samples")
+SAMPLES = SAMPLES_DIR
 SAMPLE_LOGS = SAMPLES / "log"
 PLAIN_TASK = "2026-03-02_09-15-27-118204"
 SIGNED_TASK = "2026-03-05_14-02-51-730915"

@@ -21,8 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
+from rd_assets.samples import SAMPLES_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO.parent / "shared/samples"
+SAMPLES = SAMPLES_DIR
 SAMPLE_TASKS = ["2026-03-02_09-15-27-118204", "2026-03-05_14-02-51-730915"]
 ASSETS = ["session_snapshot", "last_sota_factor_exp", "model_weight", "factor_order", "factor_code", "aistock_bundle"]
 GREEN_CHECKS = {

@@ -18,6 +18,7 @@ from rd_assets.models import SotaFactorExperiment
 from rd_assets.path_map import PathMap
 from rd_assets.qlib_config import ConfigParseError, load_template_yaml
 from rd_assets.reader import read_task
+from rd_assets.samples import SAMPLES_DIR
 from rd_assets.snapshot_index import SnapshotIndex
 from rd_assets.trace import interpret_trace
 from rd_assets.unpickler import safe_loads
@@ -34,7 +35,7 @@ from rd_assets_tests.rdagent_fixtures import (
     write_combined_factors_parquet,
 )
 
-SAMPLES = Path("/work/shared/samples")
+SAMPLES = SAMPLES_DIR
 SAMPLE_TASKS = ["2026-03-02_09-15-27-118204", "2026-03-05_14-02-51-730915"]
 SAMPLE_MAP = PathMap.parse([f"{WSL_WORKSPACE_PREFIX}={SAMPLES / 'workspaces'}"])
 LGB = "qlib.contrib.model.gbdt.LGBModel"

@@ -9,9 +9,10 @@ import pytest
 from rd_assets.errors import InvalidLogDirError
 from rd_assets.fingerprint import SessionFingerprint, scan_log_root, selection_fingerprint, session_fingerprint
 from rd_assets.reader import read_task
+from rd_assets.samples import SAMPLES_DIR
 from rd_assets.snapshot_index import SnapshotIndex
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared/samples"
+SAMPLES = SAMPLES_DIR
 TASK = "2026-03-02_09-15-27-118204"
 
 

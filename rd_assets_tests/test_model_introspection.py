@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 
 from rd_assets.model_introspection import introspect_model
+from rd_assets.samples import SAMPLES_DIR
 from rd_assets.trace import anchor_experiment
 from rd_assets.unpickler import load_session_file
 from rd_assets.weights import resolve_model_weight
 from rd_assets_tests.rdagent_fixtures import make, snapshot_bytes
 
-SAMPLES = Path("/work/shared/samples")
+SAMPLES = SAMPLES_DIR
 MODELS = SAMPLES / "models"
 SAMPLE_TASKS = ["2026-03-02_09-15-27-118204", "2026-03-05_14-02-51-730915"]
 

@@ -8,14 +8,15 @@ import pytest
 
 from rd_assets.errors import InvalidPathMapError
 from rd_assets.path_map import PathMap, location_key
+from rd_assets.samples import SAMPLE_PATH_MAP, SAMPLES_DIR
 
-SAMPLE_RULE = "/mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace=/work/shared/samples/workspaces"
+SAMPLE_RULE = SAMPLE_PATH_MAP
 
 
 def test_sample_rule_maps_the_sample_workspace_to_its_existing_parquet() -> None:
     pickled = "/mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace/77a0bbbd3e804094b733876492f16490"
     local = PathMap.parse([SAMPLE_RULE]).map(pickled)
-    assert local == Path("/work/shared/samples/workspaces/77a0bbbd3e804094b733876492f16490")
+    assert local == SAMPLES_DIR / "workspaces" / "77a0bbbd3e804094b733876492f16490"
     assert (local / "combined_factors_df.parquet").is_file()
 
 

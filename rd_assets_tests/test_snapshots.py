@@ -17,6 +17,7 @@ from rd_assets import snapshots
 from rd_assets.access_log import AccessLog
 from rd_assets.errors import InvalidLogDirError, NoReadableSnapshotError, NoSnapshotError, UnreadableSnapshotError
 from rd_assets.reader import read_task
+from rd_assets.samples import SAMPLES_DIR
 from rd_assets.snapshot_index import SnapshotIndex
 from rd_assets.snapshots import TIE_RULE, discover, load_chosen, select_snapshot
 from rd_assets.trace import hist_of
@@ -266,7 +267,7 @@ def test_snapshot_bytes_are_deterministic() -> None:
 
 def test_fixture_globals_are_genuine_rdagent_globals() -> None:
     """Every rdagent global a generated snapshot references is one the real rdagent writes (samples' list)."""
-    genuine = set(Path("/work/shared/samples/rdagent_globals.txt").read_text().split())
+    genuine = set((SAMPLES_DIR / "rdagent_globals.txt").read_text().split())
     seen: set[str] = set()
 
     class Recording(RestrictedUnpickler):
