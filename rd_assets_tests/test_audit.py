@@ -84,25 +84,25 @@ def _is_write(event: dict) -> bool:
 
 def test_only_session_files_and_the_anchor_parquet_are_touched(tmp_path: Path) -> None:
     result = _run(tmp_path)
-    samples = str(SAMPLES.resolve())
+    real_samples = SAMPLES.resolve()  # the samples folder may be reached through a symlink: compare real paths
     touched = [
-        {**e, "path": os.path.abspath(p)}
+        {**e, "path": os.path.realpath(p)}
         for e in result["events"]
         for p in e["paths"]
-        if p and os.path.abspath(p).startswith(samples + "/")
+        if p and os.path.realpath(p).startswith(f"{real_samples}/")
     ]
     assert touched, "the hook saw nothing: the audit itself is broken"
     store = str(tmp_path / "store")
     for kind in ("os.rename", "os.symlink", "os.mkdir"):  # the hook does see writes (into the store)
         assert any(e["event"] == kind and any(p.startswith(store) for p in e["paths"]) for e in result["events"])
 
-    parquets = {str(SAMPLES / "workspaces" / expected_for(t)["anchor_parquet_relpath"]) for t in SAMPLE_TASKS}
+    parquets = {str(real_samples / "workspaces" / expected_for(t)["anchor_parquet_relpath"]) for t in SAMPLE_TASKS}
     opened_outside: dict[str, set[str]] = {t: set() for t in SAMPLE_TASKS}
     session_opens = 0
     for event in touched:
         path = event["path"]
         assert not _is_write(event), event
-        rel = os.path.relpath(path, SAMPLES / "log")
+        rel = os.path.relpath(path, real_samples / "log")
         task, _, inner = rel.partition("/")
         if task in SAMPLE_TASKS and inner.startswith("__session__"):
             if event["event"] == "open":
@@ -117,6 +117,6 @@ def test_only_session_files_and_the_anchor_parquet_are_touched(tmp_path: Path) -
 
     assert session_opens >= 2 * 30  # every candidate of both tasks was read (no index)
     for task in SAMPLE_TASKS:
-        parquet = str(SAMPLES / "workspaces" / expected_for(task)["anchor_parquet_relpath"])
-        assert opened_outside[task] == {parquet}
-        assert result["reports"][task] == [parquet]  # the report's list is the AccessLog's, and it is right
+        relpath = expected_for(task)["anchor_parquet_relpath"]
+        assert opened_outside[task] == {str(real_samples / "workspaces" / relpath)}
+        assert result["reports"][task] == [str(SAMPLES / "workspaces" / relpath)]  # the report's list is the AccessLog's, and it is right
