@@ -1,16 +1,34 @@
 """Restricted unpickling of RD-Agent session files: nothing in a pickle can import, execute or touch files.
 
-``find_class`` answers every global in one of three ways:
+Policy (what ``find_class`` answers for a global ``module.name``):
 
-* a real object, only from a small allow-list of pure data types (containers, datetime, paths mapped to
-  OS-neutral pure paths, decimal, uuid, numpy array reconstruction) and a few vetted safe wrappers;
-* a typed refusal (:class:`UnsafePickleError`) for every other global of the standard library or builtins
-  (``os``, ``subprocess``, ``eval``, ``getattr``, ``importlib``, ``functools.partial``, ``marshal`` ...);
-* an inert :class:`StandIn` class for everything else (rdagent, qlib, lightgbm, pandas, ``__main__`` ...):
-  never imported, it keeps its module/name, its constructor arguments and every piece of state.
+* **Allowed**: an exact ``(module, name)`` entry of :data:`ALLOWED_GLOBALS`. Only immutable builtin types
+  (``dict``, ``list``, ``int``, ``datetime`` ...) are handed out as themselves; every other entry is a
+  :class:`_Guard`, a callable that validates its arguments and cannot be re-configured by the pickle
+  (``BUILD`` on it is refused, it has no ``__dict__``). numpy arrays are rebuilt only through guards that
+  re-create each dtype from its public description (a pickled dtype state can forge flags and offsets) and
+  check the payload length against the shape before numpy sees it (numpy's own ``__setstate__`` reads past
+  a short object list or a forged dtype: a memory-safety hole, not just a wrong value).
+* **Refused** (:class:`UnsafePickleError`, naming the global): every other global of the standard library,
+  of ``builtins`` and of numpy except its random-generator constructors, which become stand-ins
+  (``os.system``, ``eval``, ``getattr``, ``importlib``, ``functools.partial``,
+  ``marshal``, ``numpy.load`` ...); refused third-party serialisers (``dill``, ``joblib`` ...); any name
+  that walks through a dunder (``Trace.__init__.__globals__``), through an attribute named like a module
+  (``rdagent.x.os.system``) or has an empty component; persistent ids.
+* **Stand-in**: everything else (rdagent, qlib, lightgbm, pandas, ``__main__`` ...) becomes an inert
+  :class:`StandIn` subclass. It is never imported; calling it only records the arguments; its state lands
+  in ``__dict__``. State that would plant ``__setstate__`` is refused, and the other hooks pickle looks
+  up on instances (``append``, ``extend``, ``add``) are data descriptors, so no planted ``__dict__``
+  entry can redirect a later opcode to a callable of the pickle's choosing.
 
-Since every callable a pickle can reach is either allow-listed data construction or inert, no byte of
-a session file can make this process act.
+Hence the only code a session file can reach is the allow-list, and the allow-list only builds data.
+
+Residual risk, by design of CPython's C unpickler (documented, not solvable without a slow pure-Python
+unpickler): memory, not code. A ``LONG_BINPUT`` with a huge memo index makes CPython grow its memo table
+(``2**26`` costs 1 GB), and repeated container copies of one memoised object grow linearly with the file.
+Readers of untrusted directories should run under a memory limit (``ulimit -v``, cgroup ``MemoryMax``).
+Lazily huge iterables (``range``, ``bytes(n)``, strided arrays) are refused so that no call amplifies a few
+bytes into gigabytes on its own.
 """
 
 from __future__ import annotations
@@ -19,10 +37,12 @@ import _compat_pickle
 import collections
 import datetime
 import decimal
-import fractions
+import gc
 import hashlib
 import hmac
 import io
+import math
+import os
 import pathlib
 import pickle
 import sys
@@ -41,13 +61,80 @@ from rd_assets.errors import SignatureMismatchError, UnreadableSnapshotError, Un
 SIGNED_MAGIC = b"RDAGENT_SIGNED_PICKLE_V1\n"
 SIGNED_HEADER_LEN = len(SIGNED_MAGIC) + 32
 
+MAX_LAZY_ITEMS = 1 << 16
+"""Largest ``range`` / ``_reconstruct`` size (items, bytes) a pickle may ask for; genuine files ask for (0,)."""
+MAX_DTYPE_DEPTH = 8
+
+
+class _Hook:
+    """A data descriptor for the item hooks pickle looks up on an instance (``append``, ``extend``, ``add``).
+
+    Data descriptors win over the instance ``__dict__``, so state planted under those names stays data.
+    Looked up on a stand-in class (``APPEND`` onto a class object), the hook refuses.
+    """
+
+    def __init__(self, fn: Callable[..., None]) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Callable[..., None]:
+        if obj is None:
+            return self._refuse
+        return types.MethodType(self.fn, obj)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        raise AttributeError(f"{self.name} of a stand-in is read-only")
+
+    def _refuse(self, *args: Any) -> None:
+        raise UnsafePickleError(f"StandIn.{self.name}", why="applied to a class object")
+
+
+def _apply_state(self: StandIn, state: Any) -> None:
+    """``BUILD`` on a stand-in: dict state into ``__dict__``, anything else kept under ``_rd_state``."""
+    if type(state) is dict and "__setstate__" not in state:  # the common case: one C-level update
+        self.__dict__.update(state)
+        return
+    slots: Any = None
+    if (
+        isinstance(state, tuple)
+        and len(state) == 2
+        and (state[0] is None or isinstance(state[0], dict))
+        and (state[1] is None or isinstance(state[1], dict))
+    ):
+        state, slots = state
+    for part in (state, slots):
+        if isinstance(part, dict):
+            if "__setstate__" in part:  # an instance attribute would shadow this method at the next BUILD
+                raise UnsafePickleError("StandIn.__setstate__", why="state plants a __setstate__ attribute")
+            self.__dict__.update(part)
+    if state is not None and not isinstance(state, dict):
+        self.__dict__["_rd_state"] = state
+
+
+def _append(self: StandIn, item: Any) -> None:
+    self.__dict__.setdefault("_rd_items", []).append(item)
+
+
+def _extend(self: StandIn, items: Any) -> None:
+    if not isinstance(items, list):
+        raise UnsafePickleError("StandIn.extend", why=f"items of type {type(items).__name__}")
+    self.__dict__.setdefault("_rd_items", []).extend(items)
+
+
+def _add(self: StandIn, item: Any) -> None:
+    self.__dict__.setdefault("_rd_set_items", []).append(item)
+
 
 class StandIn:
     """Inert replacement for a class we refuse to import; records everything the pickle gives it.
 
     Subclasses are made per global with ``__rd_module__`` / ``__rd_name__``. Constructor arguments
-    land in ``_rd_args``/``_rd_kwargs``, non-dict state in ``_rd_state``, list items in ``_rd_items``
-    and dict items in ``_rd_dictitems``. Nothing here calls anything it was given.
+    land in ``_rd_args``/``_rd_kwargs``, non-dict state in ``_rd_state``, list items in ``_rd_items``,
+    set items in ``_rd_set_items`` and dict items in ``_rd_dictitems``. Nothing here calls anything it
+    was given.
     """
 
     __rd_module__ = ""
@@ -64,22 +151,10 @@ class StandIn:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Absorb constructor arguments (already recorded by ``__new__``)."""
 
-    def __setstate__(self, state: Any) -> None:
-        slots: Any = None
-        if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)):
-            state, slots = state
-        if isinstance(state, dict):
-            self.__dict__.update({k: v for k, v in state.items() if isinstance(k, str)})
-        elif state is not None:
-            self.__dict__["_rd_state"] = state
-        if isinstance(slots, dict):
-            self.__dict__.update({k: v for k, v in slots.items() if isinstance(k, str)})
-
-    def append(self, item: Any) -> None:
-        self.__dict__.setdefault("_rd_items", []).append(item)
-
-    def extend(self, items: Any) -> None:
-        self.__dict__.setdefault("_rd_items", []).extend(list(items))
+    __setstate__ = _apply_state  # a plain method: BUILD on a stand-in *class* fails (missing argument)
+    append = _Hook(_append)
+    extend = _Hook(_extend)
+    add = _Hook(_add)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.__dict__.setdefault("_rd_dictitems", {})[key] = value
@@ -91,7 +166,7 @@ class StandIn:
         raise TypeError("stand-ins are read-only views of a session file and are never pickled again")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Subscripted:
     """``Generic[Arg]`` of a stand-in class (``__orig_class__`` in rdagent objects), kept as data."""
 
@@ -113,8 +188,41 @@ def class_name(obj: Any) -> str | None:
     return cls.__rd_name__ if issubclass(cls, StandIn) else None
 
 
+class _Guard:
+    """An allowed callable as the pickle sees it: it validates arguments and cannot be configured.
+
+    ``target`` is the real type a guard stands for (``bytes``, ``numpy.ndarray``), so that data-only uses
+    of the global (a ``GenericAlias`` origin, the subtype of ``_reconstruct``) still recognise it.
+    """
+
+    __slots__ = ("_fn", "name", "target")
+
+    def __init__(self, name: str, fn: Callable[..., Any], target: type | None = None) -> None:
+        self._fn = fn
+        self.name = name
+        self.target = target
+
+    def __call__(self, *args: Any) -> Any:
+        return self._fn(*args)
+
+    def __setstate__(self, state: Any) -> None:
+        raise UnsafePickleError(self.name, why="BUILD on an allowed callable")
+
+    def __repr__(self) -> str:
+        return f"<allowed {self.name}>"
+
+
+def _unguard(obj: Any) -> Any:
+    return obj.target if isinstance(obj, _Guard) and obj.target is not None else obj
+
+
+def _is_data_type(obj: Any) -> bool:
+    return isinstance(obj, type) and (obj in _DATA_TYPES or issubclass(obj, StandIn))
+
+
 def _safe_getitem(obj: Any, key: Any) -> Any:
     """``operator.getitem`` limited to what genuine snapshots do: subscripting a generic class."""
+    obj = _unguard(obj)
     if isinstance(obj, type) and issubclass(obj, StandIn):
         return Subscripted(obj, key)
     if isinstance(obj, type) and obj in _DATA_TYPES:
@@ -125,15 +233,19 @@ def _safe_getitem(obj: Any, key: Any) -> Any:
 
 
 def _safe_generic_alias(origin: Any, args: Any) -> Any:
-    if isinstance(origin, type) and (origin in _DATA_TYPES or issubclass(origin, StandIn)):
+    origin = _unguard(origin)
+    if _is_data_type(origin):
         return types.GenericAlias(origin, args)
     raise UnsafePickleError("types.GenericAlias", why="origin is not a data type")
 
 
 def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
-    """``copyreg._reconstructor`` (protocols 0-1) only for stand-ins built on ``object``."""
-    if isinstance(cls, type) and issubclass(cls, StandIn) and base is object and state is None:
-        return cls()
+    """``copyreg._reconstructor`` (protocols 0-1) only for stand-ins and ``uuid.UUID`` built on ``object``."""
+    if base is object and state is None:
+        if isinstance(cls, type) and issubclass(cls, StandIn):
+            return cls()
+        if cls is uuid.UUID:
+            return object.__new__(uuid.UUID)
     raise UnsafePickleError("copyreg._reconstructor", why="only plain objects of stand-in classes")
 
 
@@ -148,55 +260,256 @@ def _safe_path(flavour: type[pathlib.PurePath]) -> Callable[..., pathlib.PurePat
     return make
 
 
+def _bytes_like(kind: type[bytes] | type[bytearray]) -> Callable[..., bytes | bytearray]:
+    """``bytes(...)`` / ``bytearray(...)`` from bytes or ``(str, encoding)`` only: never ``bytes(10**10)``."""
+
+    def make(*args: Any) -> bytes | bytearray:
+        if not args:
+            return kind()
+        if isinstance(args[0], bytes | bytearray) and len(args) == 1:
+            return kind(args[0])
+        if isinstance(args[0], str) and len(args) == 2 and args[1] in ("latin1", "latin-1"):
+            return kind(args[0], args[1])
+        raise UnsafePickleError(f"builtins.{kind.__name__}", why="only from bytes or (str, 'latin1')")
+
+    return make
+
+
+def _safe_range(*args: Any) -> range:
+    """A ``range`` is data, but a lazily huge one would let ``list(range(10**10))`` exhaust memory."""
+    result = range(*args)
+    if len(result) > MAX_LAZY_ITEMS:
+        raise UnsafePickleError("builtins.range", why=f"{len(result)} items")
+    return result
+
+
+def _safe_codecs_encode(text: Any, encoding: Any = "latin1") -> bytes:
+    """How protocols 0-2 pickle ``bytes``: ``_codecs.encode(str, 'latin1')``; nothing else of codecs."""
+    if isinstance(text, str) and encoding in ("latin1", "latin-1"):
+        return text.encode("latin1")
+    raise UnsafePickleError("_codecs.encode", why="only str with the latin1 codec")
+
+
+# ----------------------------------------------------------------------------------------------- numpy
+
+
+def _shape(value: Any, who: str) -> tuple[int, ...]:
+    if not (isinstance(value, tuple) and len(value) <= 32 and all(type(n) is int and n >= 0 for n in value)):
+        raise UnsafePickleError(who, why="shape is not a tuple of non-negative ints")
+    return value
+
+
+def _sanitize_dtype(value: Any, depth: int = 0) -> np.dtype[Any]:
+    """A fresh dtype re-built by numpy's validating constructor from ``value``'s public description.
+
+    A pickled dtype is ``dtype('V16')`` followed by ``__setstate__``, which trusts the state's flags,
+    offsets and item size; re-building from names/formats/offsets lets numpy check them again.
+    """
+    who = "numpy.dtype"
+    if depth > MAX_DTYPE_DEPTH:
+        raise UnsafePickleError(who, why="nested too deeply")
+    if isinstance(value, bytes | str):  # a typecode such as b'b' (what ``_reconstruct`` receives)
+        try:
+            return np.dtype(value.decode("ascii") if isinstance(value, bytes) else value)
+        except (TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise UnsafePickleError(who, why=f"bad typecode {value!r}") from exc
+    if not isinstance(value, np.dtype):
+        raise UnsafePickleError(who, why=f"expected a dtype, got {type(value).__name__}")
+    try:
+        if value.names is not None:
+            fields = value.fields or {}
+            spec: dict[str, Any] = {"names": [], "formats": [], "offsets": [], "titles": []}
+            for name in value.names:
+                field = fields[name]
+                spec["names"].append(name)
+                spec["formats"].append(_sanitize_dtype(field[0], depth + 1))
+                spec["offsets"].append(int(field[1]))
+                spec["titles"].append(field[2] if len(field) > 2 else None)
+            spec["itemsize"] = value.itemsize
+            rebuilt = np.dtype(spec)
+        elif value.subdtype is not None:
+            base, shape = value.subdtype
+            rebuilt = np.dtype((_sanitize_dtype(base, depth + 1), _shape(shape, who)))
+        else:
+            rebuilt = np.dtype(value.str)
+    except UnsafePickleError:
+        raise
+    except Exception as exc:  # numpy refused the description: the pickled state was forged or corrupt
+        raise UnsafePickleError(who, why=f"inconsistent dtype state ({type(exc).__name__}: {exc})") from exc
+    if rebuilt.itemsize != value.itemsize:
+        raise UnsafePickleError(who, why=f"item size {value.itemsize} does not match its fields")
+    return rebuilt
+
+
+def _safe_dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype[Any]:
+    """``numpy.dtype('f8', False, True)`` as numpy pickles it; always a copy, never a shared singleton."""
+    if not isinstance(spec, str) or not isinstance(align, bool):
+        raise UnsafePickleError("numpy.dtype", why="only a typecode string")
+    try:
+        return np.dtype(spec, align=align, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise UnsafePickleError("numpy.dtype", why=f"bad typecode {spec!r}") from exc
+
+
+class _PickledArray(np.ndarray):
+    """An array rebuilt from a pickle: its ``__setstate__`` validates before numpy's runs."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        who = "numpy.ndarray.__setstate__"
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise UnsafePickleError(who, why="state is not a (version, shape, dtype, fortran, data) tuple")
+        version, shape, dtype, fortran, raw = state if len(state) == 5 else (1, *state)
+        if type(version) is not int or not isinstance(fortran, bool):
+            raise UnsafePickleError(who, why="bad version or order flag")
+        shape = _shape(shape, who)
+        dtype = _sanitize_dtype(dtype)
+        count = math.prod(shape)
+        if dtype.hasobject:
+            if dtype != np.dtype(object):
+                raise UnsafePickleError(who, why="structured arrays holding objects")
+            if not (type(raw) is list and len(raw) == count):
+                raise UnsafePickleError(who, why=f"object array of {count} items needs a list of {count}")
+        elif not (isinstance(raw, bytes | bytearray) and len(raw) == count * dtype.itemsize):
+            raise UnsafePickleError(who, why=f"data is not {count * dtype.itemsize} bytes")
+        np.ndarray.__setstate__(self, (version, shape, dtype, fortran, raw))
+
+
+def _forbid_ndarray_call(*args: Any) -> Any:
+    raise UnsafePickleError("numpy.ndarray", why="arrays are rebuilt by _reconstruct/_frombuffer, never called")
+
+
+_NDARRAY = _Guard("numpy.ndarray", _forbid_ndarray_call, target=np.ndarray)
+
+
+def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's ``_reconstruct(ndarray, (0,), b'b')``: an empty plain array that ``BUILD`` then fills.
+
+    This is the one numpy call that allocates from nothing, so its size (items x item size, which a
+    typecode such as ``'(40000,40000)u1'`` can inflate) is capped.
+    """
+    who = "numpy._core.multiarray._reconstruct"
+    if _unguard(subtype) is not np.ndarray:
+        raise UnsafePickleError(who, why="only plain numpy.ndarray")
+    shape = _shape(shape if isinstance(shape, tuple) else (shape,), who)
+    dt = _sanitize_dtype(dtype)
+    if math.prod(shape) * max(dt.itemsize, 1) > MAX_LAZY_ITEMS:
+        raise UnsafePickleError(who, why=f"initial shape {shape} of {dt.itemsize}-byte items")
+    return np.ndarray.__new__(_PickledArray, shape, dt)
+
+
+def _safe_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any, axis_order: Any = None) -> np.ndarray:
+    """Protocol-5 arrays: a view of bytes the pickle carried (never of objects), reshaped, maybe transposed."""
+    who = "numpy._core.numeric._frombuffer"
+    dt = _sanitize_dtype(dtype)
+    shape = _shape(shape, who)
+    if dt.hasobject or order not in ("C", "F", "K", "A"):
+        raise UnsafePickleError(who, why="only plain-data arrays in C/F/K order")
+    if axis_order is not None and not (isinstance(axis_order, tuple) and sorted(axis_order) == list(range(len(shape)))):
+        raise UnsafePickleError(who, why="axis order is not a permutation of the axes")
+    if not isinstance(buf, bytes | bytearray | memoryview):
+        raise UnsafePickleError(who, why=f"buffer of type {type(buf).__name__}")
+    array: np.ndarray = np._core.numeric._frombuffer(buf, dt, shape, order, axis_order)
+    return array.view(_PickledArray)
+
+
+def _safe_scalar(dtype: Any, data: Any = None) -> Any:
+    """``numpy.core.multiarray.scalar(dtype, bytes)``: numpy checks the length once the dtype is sane."""
+    dt = _sanitize_dtype(dtype)
+    if dt.hasobject and dt != np.dtype(object):
+        raise UnsafePickleError("numpy._core.multiarray.scalar", why="structured scalar holding objects")
+    return np._core.multiarray.scalar(dt, data) if data is not None else np._core.multiarray.scalar(dt)
+
+
+# ----------------------------------------------------------------------------------------------- allow-list
+
 _DATA_TYPES: frozenset[type] = frozenset(
     {dict, list, tuple, set, frozenset, int, float, complex, str, bytes, bytearray, bool, slice, range}
 )
 
-_POSIX = _safe_path(pathlib.PurePosixPath)
-_WINDOWS = _safe_path(pathlib.PureWindowsPath)
+
+def _guard(name: str, fn: Callable[..., Any], target: type | None = None) -> _Guard:
+    return _Guard(name, fn, target)
+
+
+_POSIX = _guard("pathlib.PosixPath", _safe_path(pathlib.PurePosixPath))
+_WINDOWS = _guard("pathlib.WindowsPath", _safe_path(pathlib.PureWindowsPath))
+_PATHLIB = ("pathlib", "pathlib._local")
+_IMMUTABLE_TYPES = (dict, list, tuple, set, frozenset, int, float, complex, str, bool, slice, object)
 
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    **{("builtins", t.__name__): t for t in _DATA_TYPES},
-    ("builtins", "object"): object,
+    **{("builtins", t.__name__): t for t in _IMMUTABLE_TYPES},
+    ("builtins", "bytes"): _guard("builtins.bytes", _bytes_like(bytes), bytes),
+    ("builtins", "bytearray"): _guard("builtins.bytearray", _bytes_like(bytearray), bytearray),
+    ("builtins", "range"): _guard("builtins.range", _safe_range, range),
+    ("_codecs", "encode"): _guard("_codecs.encode", _safe_codecs_encode),
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("collections", "defaultdict"): collections.defaultdict,
     ("collections", "deque"): collections.deque,
-    ("collections", "Counter"): collections.Counter,
+    ("collections", "Counter"): _guard("collections.Counter", collections.Counter),
     ("datetime", "datetime"): datetime.datetime,
     ("datetime", "date"): datetime.date,
     ("datetime", "time"): datetime.time,
     ("datetime", "timedelta"): datetime.timedelta,
     ("datetime", "timezone"): datetime.timezone,
     ("decimal", "Decimal"): decimal.Decimal,
-    ("fractions", "Fraction"): fractions.Fraction,
-    ("uuid", "UUID"): uuid.UUID,
-    ("uuid", "SafeUUID"): uuid.SafeUUID,
+    ("uuid", "UUID"): uuid.UUID,  # a mutable class, but its own __setstate__(self, state) makes BUILD on it fail
+    ("uuid", "SafeUUID"): _guard("uuid.SafeUUID", uuid.SafeUUID),
     ("types", "SimpleNamespace"): types.SimpleNamespace,
-    ("types", "GenericAlias"): _safe_generic_alias,
-    ("_operator", "getitem"): _safe_getitem,
-    ("operator", "getitem"): _safe_getitem,
-    ("copyreg", "_reconstructor"): _safe_reconstructor,
-    **{("pathlib", n): _POSIX for n in ("PosixPath", "PurePosixPath", "Path", "PurePath")},
-    **{("pathlib", n): _WINDOWS for n in ("WindowsPath", "PureWindowsPath")},
-    **{("pathlib._local", n): _POSIX for n in ("PosixPath", "PurePosixPath", "Path", "PurePath")},
-    **{("pathlib._local", n): _WINDOWS for n in ("WindowsPath", "PureWindowsPath")},
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("types", "GenericAlias"): _guard("types.GenericAlias", _safe_generic_alias),
+    ("_operator", "getitem"): _guard("_operator.getitem", _safe_getitem),
+    ("operator", "getitem"): _guard("_operator.getitem", _safe_getitem),
+    ("copyreg", "_reconstructor"): _guard("copyreg._reconstructor", _safe_reconstructor),
+    **{
+        (m, n): _POSIX
+        for m in ("pathlib", "pathlib._local")
+        for n in ("PosixPath", "PurePosixPath", "Path", "PurePath")
+    },
+    **{(m, n): _WINDOWS for m in ("pathlib", "pathlib._local") for n in ("WindowsPath", "PureWindowsPath")},
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _guard("numpy.dtype", _safe_dtype),
 }
 for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    ALLOWED_GLOBALS[(_mod, "_reconstruct")] = np._core.multiarray._reconstruct
-    ALLOWED_GLOBALS[(_mod, "scalar")] = np._core.multiarray.scalar
+    ALLOWED_GLOBALS[(_mod, "_reconstruct")] = _guard(f"{_mod}._reconstruct", _safe_reconstruct)
+    ALLOWED_GLOBALS[(_mod, "scalar")] = _guard(f"{_mod}.scalar", _safe_scalar)
 for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
-    ALLOWED_GLOBALS[(_mod, "_frombuffer")] = np._core.numeric._frombuffer
+    ALLOWED_GLOBALS[(_mod, "_frombuffer")] = _guard(f"{_mod}._frombuffer", _safe_frombuffer)
 
-# Modules whose globals are refused outright even though they are not in the standard library.
-_REFUSED_THIRD_PARTY = frozenset({"dill", "cloudpickle", "joblib", "nt", "posix", "_posixsubprocess"})
-_STDLIB = frozenset(sys.stdlib_module_names) | {"__builtin__", "copy_reg", "exceptions"}
+INERT_NUMPY_GLOBALS = frozenset(
+    {("numpy.random._pickle", n) for n in ("__randomstate_ctor", "__generator_ctor", "__bit_generator_ctor")}
+    | {
+        ("numpy.random._mt19937", "MT19937"),
+        ("numpy.random._pcg64", "PCG64"),
+        ("numpy.random._pcg64", "PCG64DXSM"),
+        ("numpy.random._philox", "Philox"),
+        ("numpy.random._sfc64", "SFC64"),
+        ("numpy.random.bit_generator", "SeedSequence"),
+        ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+    }
+)
+"""numpy globals that become stand-ins instead of being refused: random generators are harmless state
+that an rdagent object may hold; as stand-ins they are recorded, never constructed."""
+
+# Modules whose globals are refused outright although they are not in the standard library: numpy is
+# imported here for real (only the entries above are data), the others are serialisers that run code.
+_REFUSED_THIRD_PARTY = frozenset({"numpy", "dill", "cloudpickle", "joblib", "nt", "posix", "_posixsubprocess"})
+_STDLIB = frozenset(sys.stdlib_module_names) | {"__builtin__", "__builtins__", "copy_reg", "exceptions"}
 
 
-def _is_refused_module(module: str) -> bool:
-    top = module.split(".", 1)[0]
-    return top in _STDLIB or top in _REFUSED_THIRD_PARTY
+_MAIN_NAMES = frozenset({"__main__", "__mp_main__"})
+
+
+def _refusal(module: str, name: str) -> str | None:
+    """Why ``module.name`` is refused, or ``None`` when it may become a stand-in."""
+    if module.split(".", 1)[0] in _STDLIB or module.split(".", 1)[0] in _REFUSED_THIRD_PARTY:
+        return "standard-library, builtins and numpy globals are refused unless allow-listed"
+    parts = [*module.split("."), *name.split(".")]
+    if any(not p or (p.startswith("__") and p.endswith("__") and p not in _MAIN_NAMES) for p in parts):
+        return "a dotted name that walks through a dunder attribute or an empty component"
+    if "." in name and any(p in _STDLIB or p in _REFUSED_THIRD_PARTY for p in name.split(".")):
+        return "a dotted name that reaches a module through an attribute (rdagent.x.os.system)"
+    return None
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -214,8 +527,11 @@ class RestrictedUnpickler(pickle.Unpickler):
         allowed = ALLOWED_GLOBALS.get((module, name))
         if allowed is not None:
             return allowed
-        if _is_refused_module(module):
-            raise UnsafePickleError(f"{module}.{name}", path=self._path)
+        if (module, name) in INERT_NUMPY_GLOBALS:
+            return self._standin(module, name)
+        why = _refusal(module, name)
+        if why is not None:
+            raise UnsafePickleError(f"{module}.{name}", path=self._path, why=why)
         return self._standin(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
@@ -232,10 +548,52 @@ class RestrictedUnpickler(pickle.Unpickler):
         return cls
 
 
-def safe_loads(data: bytes | memoryview, *, path: str | None = None) -> Any:
-    """Unpickle ``data`` with :class:`RestrictedUnpickler`; every failure becomes a typed error."""
+class _ViewReader:
+    """A file-like view of bytes already in memory, shaped for the C unpickler's fast path.
+
+    ``peek`` hands over the whole remaining buffer, so the unpickler parses it in place: no copy into
+    ``io.BytesIO`` and no Python call per opcode (``BytesIO`` has no ``peek``).
+    """
+
+    __slots__ = ("_pos", "_view")
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def peek(self, n: int = 0) -> memoryview:
+        return self._view[self._pos :]
+
+    def read(self, n: int = -1) -> memoryview:
+        end = len(self._view) if n is None or n < 0 else min(len(self._view), self._pos + n)
+        chunk = self._view[self._pos : end]
+        self._pos = end
+        return chunk
+
+    def readinto(self, buf: Any) -> int:
+        target = memoryview(buf).cast("B")
+        chunk = self.read(len(target))
+        target[: len(chunk)] = chunk
+        return len(chunk)
+
+    def readline(self, limit: int = -1) -> memoryview:
+        rest = self._view[self._pos :]
+        newline = bytes(rest[: limit if limit is not None and limit >= 0 else len(rest)]).find(b"\n")
+        return self.read(len(rest) if newline < 0 else newline + 1)
+
+
+def _load(reader: Any, path: str | None) -> Any:
+    """Run the restricted unpickler over a file-like ``reader``; every failure becomes a typed error.
+
+    The cyclic GC is paused while loading: a snapshot allocates hundreds of thousands of containers, and
+    each automatic collection would re-scan the growing graph (and the best snapshot kept alive beside it)
+    for cycles that cannot be garbage yet. Pausing is process-wide but nests safely: whoever paused it
+    first re-enables it.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
-        return RestrictedUnpickler(io.BytesIO(data), path=path).load()
+        return RestrictedUnpickler(reader, path=path).load()
     except UnsafePickleError as exc:
         exc.path = exc.path or path
         raise
@@ -243,6 +601,14 @@ def safe_loads(data: bytes | memoryview, *, path: str | None = None) -> Any:
         raise UnreadableSnapshotError("pickle nests too deeply", path=path) from exc
     except Exception as exc:  # any failure to rebuild data means the file is not a readable snapshot
         raise UnreadableSnapshotError(f"not a readable pickle ({type(exc).__name__}: {exc})", path=path) from exc
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def safe_loads(data: bytes | memoryview, *, path: str | None = None) -> Any:
+    """Unpickle ``data`` with :class:`RestrictedUnpickler`; every failure becomes a typed error."""
+    return _load(_ViewReader(data), path)
 
 
 class FileFormat(StrEnum):
@@ -297,16 +663,91 @@ class LoadedSession:
     size: int
 
 
+class _MacReader:
+    """Passes a buffered file through to the unpickler while feeding every consumed byte to an HMAC.
+
+    The C unpickler ``peek``s ahead and then ``read``s exactly what it consumed, so the MAC sees each byte
+    once, in order; the signed body is verified without ever holding the whole file in memory.
+    """
+
+    __slots__ = ("_mac", "_raw")
+
+    def __init__(self, raw: io.BufferedReader, mac: hmac.HMAC) -> None:
+        self._raw = raw
+        self._mac = mac
+
+    def peek(self, n: int = 0) -> bytes:
+        return self._raw.peek(n)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._mac.update(data)
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        n = self._raw.readinto(buf)
+        self._mac.update(memoryview(buf)[:n])
+        return n
+
+    def readline(self, limit: int = -1) -> bytes:
+        data = self._raw.readline(limit)
+        self._mac.update(data)
+        return data
+
+
+_READ_BUFFER = 1 << 16
+
+
 def load_session_file(
     path: Path, *, signing_key: str | bytes | None = None, display: str | None = None
 ) -> LoadedSession:
-    """Read one session file (opened read-only, never written) and unpickle it safely."""
+    """Read one session file (opened read-only, never written) and unpickle it safely, streaming.
+
+    The unpickler reads straight from a buffered file: large byte strings (weights) land in their final
+    object with one copy and the file is never held in memory as a whole. No mmap: a file truncated while
+    it is mapped (rdagent rewriting a snapshot) would kill the process with SIGBUS. With a signing key the
+    HMAC is computed over the bytes as they stream; a mismatch is reported in preference to any other
+    failure of that file, and the unpickled object is discarded.
+    """
     shown = display or str(path)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        fh = open(path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 - closed below, errors mapped first
     except OSError as exc:
         raise UnreadableSnapshotError(f"cannot read file ({exc.strerror or exc})", path=shown) from exc
-    payload = parse_session_bytes(data, signing_key=signing_key, path=shown)
-    obj = safe_loads(payload.body, path=shown)
-    return LoadedSession(obj, payload.file_format, payload.signature, len(data))
+    with fh:
+        try:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(SIGNED_HEADER_LEN)
+        except OSError as exc:
+            raise UnreadableSnapshotError(f"cannot read file ({exc.strerror or exc})", path=shown) from exc
+        if not head:
+            raise UnreadableSnapshotError("empty file", path=shown)
+        if not head.startswith(SIGNED_MAGIC):
+            fh.seek(0)
+            return LoadedSession(_load(fh, shown), FileFormat.PLAIN, SignatureStatus.UNSIGNED, size)
+        if len(head) < SIGNED_HEADER_LEN or size <= SIGNED_HEADER_LEN:
+            raise UnreadableSnapshotError("signed file truncated inside its header", path=shown)
+        if signing_key is None:
+            return LoadedSession(_load(fh, shown), FileFormat.SIGNED, SignatureStatus.NOT_VERIFIED, size)
+        mac = hmac.new(signing_key_digest(signing_key), digestmod=hashlib.sha256)
+        reader = _MacReader(fh, mac)
+        try:
+            obj = _load(reader, shown)
+        except (UnsafePickleError, UnreadableSnapshotError) as exc:
+            _ensure_signature(reader, mac, head, shown, cause=exc)
+            raise
+        _ensure_signature(reader, mac, head, shown)
+        return LoadedSession(obj, FileFormat.SIGNED, SignatureStatus.VERIFIED, size)
+
+
+def _ensure_signature(
+    reader: _MacReader, mac: hmac.HMAC, head: bytes, shown: str, *, cause: Exception | None = None
+) -> None:
+    """Feed the rest of the body to ``mac`` (bytes after the pickle's STOP count too) and compare."""
+    try:
+        while reader.read(_READ_BUFFER * 16):
+            pass
+    except OSError as exc:
+        raise UnreadableSnapshotError(f"cannot read file ({exc.strerror or exc})", path=shown) from exc
+    if not hmac.compare_digest(mac.digest(), head[len(SIGNED_MAGIC) : SIGNED_HEADER_LEN]):
+        raise SignatureMismatchError("HMAC-SHA256 does not match the configured signing key", path=shown) from cause
