@@ -40,6 +40,7 @@ from rd_assets.checks import (
 )
 from rd_assets.errors import (
     RdAssetsError,
+    SessionChangedError,
     UnreadableSnapshotError,
     WeightsNotPersistedError,
     WorkspaceTraversalError,
@@ -52,10 +53,8 @@ from rd_assets.model_introspection import ModelExport, introspect_model
 from rd_assets.model_meta import build_model_meta
 from rd_assets.models import SnapshotSelection, SotaFactorExperiment
 from rd_assets.partitions import rd_task_partitions
-from rd_assets.reader import TaskReading, read_task
+from rd_assets.reader import TaskReading, read_task, reload_anchor_experiment
 from rd_assets.resources import BundleStore, RdLogRoot
-from rd_assets.snapshots import load_chosen
-from rd_assets.trace import anchor_experiment
 from rd_assets.weights import ModelWeight, resolve_model_weight
 
 GROUP = "rd_task"
@@ -67,12 +66,6 @@ class BlockingCheckError(RdAssetsError):
     """A rule a blocking check enforces does not hold; raised when the check itself was not in the run."""
 
     code = "blocking_check_failed"
-
-
-class SessionChangedError(RdAssetsError):
-    """The log dir changed between two steps of one run; this run's values would not belong together."""
-
-    code = "session_changed"
 
 
 def _read(rd_log_root: RdLogRoot, task_id: str, access: AccessLog) -> tuple[TaskReading, str]:
@@ -166,20 +159,14 @@ def model_weight(
     last_sota_factor_exp: SotaFactorExperiment,
 ) -> Iterator[Output[ModelWeight] | AssetCheckResult]:
     access = AccessLog()
-    log_dir = rd_log_root.log_dir(context.partition_key)
-    relpath = session_snapshot.chosen_snapshot
-    loaded = load_chosen(log_dir, relpath, signing_key=rd_log_root.signing_key(), access=access)
-    chosen = next(c for c in session_snapshot.candidates if c.relpath == relpath)
-    if loaded.size != chosen.size:
-        raise SessionChangedError(f"{relpath} is {loaded.size} bytes now, {chosen.size} when selected", path=relpath)
-    hist_index, exp = anchor_experiment(loaded.obj, path=relpath)
-    del loaded
-    if hist_index != last_sota_factor_exp.last_sota_factor_index:
-        raise SessionChangedError(
-            f"the snapshot's anchor is trace.hist[{hist_index}], the stored one "
-            f"trace.hist[{last_sota_factor_exp.last_sota_factor_index}]",
-            path=relpath,
-        )
+    hist_index = last_sota_factor_exp.last_sota_factor_index
+    exp = reload_anchor_experiment(
+        rd_log_root.log_dir(context.partition_key),
+        session_snapshot,
+        hist_index,
+        signing_key=rd_log_root.signing_key(),
+        access=access,
+    )
     try:
         weight = resolve_model_weight(exp, hist_index=hist_index)
     except WeightsNotPersistedError as exc:

@@ -107,3 +107,9 @@ class NoReadableSnapshotError(NoSnapshotError):
     def __init__(self, message: str, *, path: str | None = None, candidates: list[object] | None = None) -> None:
         super().__init__(message, path=path)
         self.candidates = list(candidates or [])
+
+
+class SessionChangedError(RdAssetsError):
+    """The chosen snapshot changed between selection and a later read; values would not belong together."""
+
+    code = "session_changed"

@@ -40,9 +40,9 @@ from rd_assets.model_introspection import ModelExport, introspect_model
 from rd_assets.model_meta import build_model_meta
 from rd_assets.models import ErrorInfo, SnapshotSelection, SotaFactorExperiment
 from rd_assets.path_map import PathMap
-from rd_assets.reader import TaskReading, read_task
+from rd_assets.reader import TaskReading, read_task, reload_anchor_experiment
 from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.snapshots import SESSION_DIR, load_chosen
+from rd_assets.snapshots import SESSION_DIR
 from rd_assets.trace import anchor_experiment
 from rd_assets.weights import ModelWeight, resolve_model_weight
 
@@ -116,18 +116,12 @@ def _anchor_object(log_dir: Path, reading: TaskReading, signing_key: str | None,
     selection, anchor = reading.selection, reading.anchor
     if anchor is None:
         raise UnreadableSnapshotError("the chosen snapshot gave no anchor", path=selection.chosen_snapshot)
-    loaded, unpickled = reading.loaded, reading.unpickled
-    if loaded is None:
-        loaded = load_chosen(log_dir, selection.chosen_snapshot, signing_key=signing_key, access=access)
-        unpickled += 1
-    hist_index, exp = anchor_experiment(loaded.obj, path=selection.chosen_snapshot)
-    if hist_index != anchor.last_sota_factor_index:
-        raise UnreadableSnapshotError(
-            f"the snapshot's anchor is trace.hist[{hist_index}] but its cached reading says "
-            f"trace.hist[{anchor.last_sota_factor_index}]",
-            path=selection.chosen_snapshot,
-        )
-    return exp, unpickled
+    if reading.loaded is not None:  # this read unpickled the chosen snapshot already: its anchor is the summary's
+        return anchor_experiment(reading.loaded.obj, path=selection.chosen_snapshot)[1], reading.unpickled
+    exp = reload_anchor_experiment(
+        log_dir, selection, anchor.last_sota_factor_index, signing_key=signing_key, access=access
+    )
+    return exp, reading.unpickled + 1
 
 
 def build_report(

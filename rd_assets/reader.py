@@ -9,18 +9,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rd_assets.access_log import AccessLog
 from rd_assets.errors import (
     NoReadableSnapshotError,
     NoSotaFactorExperimentError,
     RdAssetsError,
+    SessionChangedError,
     UnreadableSnapshotError,
 )
 from rd_assets.models import ErrorInfo, InspectResult, SnapshotCandidate, SnapshotSelection, SotaFactorExperiment
 from rd_assets.snapshot_index import SnapshotIndex
 from rd_assets.snapshots import Progress, file_key, load_chosen, select_snapshot
-from rd_assets.trace import interpret_trace
+from rd_assets.trace import anchor_experiment, interpret_trace
 from rd_assets.unpickler import LoadedSession
 
 ENV_SIGNING_KEY = "RD_ASSETS_SIGNING_KEY"
@@ -110,3 +112,29 @@ def inspect_result(log_dir: Path, reading: TaskReading | None, error: RdAssetsEr
         selection=sel,
         error=ErrorInfo(code=err.code, message=err.message, path=err.path) if err else None,
     )
+
+
+def reload_anchor_experiment(
+    log_dir: Path,
+    selection: SnapshotSelection,
+    anchor_index: int,
+    *,
+    signing_key: str | bytes | None = None,
+    access: AccessLog | None = None,
+) -> Any:
+    """Unpickle the chosen snapshot again for what is not cached (weight bytes) and return its anchor experiment.
+
+    Refuses a snapshot whose size or anchor differs from the selection it is supposed to belong to.
+    """
+    relpath = selection.chosen_snapshot
+    loaded = load_chosen(log_dir, relpath, signing_key=signing_key, access=access)
+    chosen = next(c for c in selection.candidates if c.relpath == relpath)
+    if loaded.size != chosen.size:
+        raise SessionChangedError(f"{relpath} is {loaded.size} bytes now, {chosen.size} when selected", path=relpath)
+    hist_index, exp = anchor_experiment(loaded.obj, path=relpath)
+    if hist_index != anchor_index:
+        raise SessionChangedError(
+            f"the snapshot's anchor is trace.hist[{hist_index}], the selected one trace.hist[{anchor_index}]",
+            path=relpath,
+        )
+    return exp
