@@ -1,10 +1,12 @@
 """Benchmark: choosing the snapshot of a large task (issue 2, section 7), against references from the same run.
 
-Generates (outside the repo's tracked files, in ``bench/_work/session_reader/``) a task of ``--loops`` loops x
-5 steps whose pickles carry genuine rdagent class paths (``rd_assets_tests/rdagent_fixtures.py``): a growing
-``trace.hist``, accepted factor experiments holding ``--weights-mb`` of random weight bytes, a coder
-knowledge base of many small objects (code, feedback texts), workspace file_dicts and per-loop outputs; the
-last snapshots exceed ``--size-mb``. Then measures, page cache warm:
+Two scenarios (``--scenario blobs|objects|all``, default all), each generated outside the repo's tracked files
+(``bench/_work/session_reader/``) as ``--loops`` loops x 5 steps of pickles carrying genuine rdagent class paths
+(``rd_assets_tests/rdagent_fixtures.py``):
+
+``blobs`` - size dominated by big byte strings: a growing ``trace.hist``, accepted factor experiments holding
+``--weights-mb`` of random weight bytes, a coder knowledge base of many small objects (code, feedback texts),
+workspace file_dicts and per-loop outputs; the last snapshots exceed ``--size-mb``. Measures, page cache warm:
 
 * raw read: plain ``open().read()`` of every snapshot (reference);
 * naive: ``pickle.load`` of every snapshot with the rdagent classes importable (what existing scripts do);
@@ -13,17 +15,29 @@ last snapshots exceed ``--size-mb``. Then measures, page cache warm:
 * incremental: ``read_task`` after one new snapshot, against one cold read of that snapshot alone;
 * peak RSS of a cold ``read_task`` in a fresh subprocess, against the largest snapshot.
 
-Usage: ``.venv/bin/python bench/bench_session_reader.py [--loops 40] [--size-mb 60] [--weights-mb 5] [--keep]``
-(scale down with e.g. ``--loops 8 --size-mb 12``).
+``objects`` - size dominated by many small objects, like real RD-Agent snapshots: a knowledge graph of
+``--base-nodes`` nodes from the start plus what every CoSTEER round adds (tasks, factor.py texts of a few KB,
+workspaces with paths, feedbacks, error analyses as nested dicts/lists of strings), the rounds' ``EvoStep``
+objects and a ``trace.hist`` whose results are pandas Series; every snapshot holds ~100k-130k objects. Measures
+raw read, naive ``pickle.load`` (gc on, as scripts run it, and gc paused, as ``read_task`` runs) and cold
+``read_task`` (target <= 1.5x raw read); ``--profile`` adds a cProfile of one cold ``read_task``.
+
+Usage: ``.venv/bin/python bench/bench_session_reader.py [--scenario all] [--loops 40] [--size-mb 60]
+[--weights-mb 5] [--base-nodes 7000] [--profile] [--keep]`` (scale down with e.g. ``--loops 8 --size-mb 12
+--base-nodes 1500``).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import gc
+import io
 import json
 import math
 import os
 import pickle
+import pstats
 import random
 import resource
 import shutil
@@ -34,7 +48,8 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,16 +60,20 @@ from rd_assets.snapshot_index import SnapshotIndex  # noqa: E402
 from rd_assets.trace import hist_of  # noqa: E402
 from rd_assets.unpickler import load_session_file  # noqa: E402
 from rd_assets_tests.rdagent_fixtures import (  # noqa: E402
+    EVOLVING_ITEM,
     FACTOR_TASK,
     FACTOR_WORKSPACE,
     KNOWLEDGE_BASE,
     RDAGENT_1_STEPS,
+    RUNNING_INFO,
+    WSL_WORKSPACE_PREFIX,
     ExperimentSpec,
     FactorSpec,
     build_hist,
     build_loop,
     genuine_modules,
     make,
+    pickled_path,
     snapshot_bytes,
 )
 
@@ -232,15 +251,8 @@ def child_peak_rss(log_dir: Path) -> dict[str, float]:
     return json.loads(done.stdout)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--loops", type=int, default=40)
-    parser.add_argument("--size-mb", type=int, default=60, help="the last snapshots exceed this size")
-    parser.add_argument("--weights-mb", type=int, default=5)
-    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "_work" / "session_reader")
-    parser.add_argument("--keep", action="store_true", help="keep the generated task")
-    args = parser.parse_args()
-
+def run_blobs(args: argparse.Namespace) -> None:
+    """The weight-blob scenario: big byte strings dominate the size (the original benchmark, unchanged)."""
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     task = Task(work, args.loops, args.size_mb, args.weights_mb)
@@ -311,6 +323,394 @@ def main() -> None:
     print(f"\n(this process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
     if not args.keep:
         shutil.rmtree(task.log_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ objects scenario
+
+OBJECTS_TASK_ID = "2026-01-10_09-30-00-000001"
+GRAPH = "rdagent.components.knowledge_management.graph.UndirectedGraph"
+GRAPH_NODE = "rdagent.components.knowledge_management.graph.UndirectedNode"
+QUERIED_KNOWLEDGE = "rdagent.components.coder.CoSTEER.knowledge_management.CoSTEERQueriedKnowledgeV2"
+MULTI_FEEDBACK = "rdagent.components.coder.CoSTEER.evaluators.CoSTEERMultiFeedback"
+EVO_STEP = "rdagent.core.evolving_framework.EvoStep"
+FACTORS_PER_LOOP = 4
+EVO_ROUNDS = 8
+NODE_LABELS = ("component", "task_description", "task_success_implement", "error")
+METRIC_NAMES = (
+    "IC",
+    "ICIR",
+    "Rank IC",
+    "Rank ICIR",
+    "1day.excess_return_with_cost.annualized_return",
+    "1day.excess_return_with_cost.information_ratio",
+    "1day.excess_return_with_cost.max_drawdown",
+    "1day.excess_return_without_cost.annualized_return",
+)
+WORKSPACES = PurePosixPath(WSL_WORKSPACE_PREFIX)
+TARGET_COLD_VS_RAW = 1.5
+
+
+def _uid(rng: random.Random) -> str:
+    """A uuid4-shaped string, as rdagent gives every graph node and workspace."""
+    h = rng.randbytes(16).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _factor_code(rng: random.Random, name: str) -> str:
+    """A factor.py of 1.5-3 KB, as CoSTEER writes one per attempt (every attempt its own text)."""
+    ops = ("mean", "std", "max", "min", "skew", "sum", "median")
+    lines = "".join(
+        f"    df['f{i}'] = df.groupby(level='instrument')['${rng.choice(('close', 'volume', 'high', 'low'))}']"
+        f".transform(lambda s: s.rolling({rng.choice((5, 10, 20, 60))}).{rng.choice(ops)}())  # {_text(rng, 3)}\n"
+        for i in range(rng.randrange(8, 22))
+    )
+    return (
+        f'"""{_text(rng, 24)}"""\nimport numpy as np\nimport pandas as pd\n\n\ndef calculate_{name}() -> None:\n'
+        '    df = pd.read_hdf("daily_pv.h5", key="data")\n'
+        + lines
+        + f'    result = df.filter(like="f").mean(axis=1).to_frame("{name}")\n'
+        '    result.to_hdf("result.h5", key="data")\n\n\nif __name__ == "__main__":\n'
+        f"    calculate_{name}()\n"
+    )
+
+
+def _node(rng: random.Random, label: str, content: str, neighbors: list[Any]) -> Any:
+    """A knowledge-graph node; neighbours are kept as node ids (node objects would nest the pickle too deep)."""
+    node = make(GRAPH_NODE, content=content, label=label, embedding=None, id=_uid(rng), appendix=None)
+    node.__dict__["neighbors"] = {n.__dict__["id"] for n in neighbors}
+    return node
+
+
+def _base_knowledge(n_nodes: int) -> tuple[list[Any], dict[str, list[str]]]:
+    """The knowledge a run starts from (a former knowledge base): graph nodes and per-node error analyses.
+
+    ~14 objects per node: the node, its dict, content, id, neighbour set, and a list of 8 short strings.
+    """
+    rng = random.Random(11)
+    nodes: list[Any] = []
+    analysis: dict[str, list[str]] = {}
+    for i in range(n_nodes):
+        linked = [nodes[rng.randrange(i)] for _ in range(min(i, 2))]
+        node = _node(rng, NODE_LABELS[i % len(NODE_LABELS)], _text(rng, 3), linked)
+        nodes.append(node)
+        analysis[node.__dict__["id"]] = [_text(rng, 1) for _ in range(8)]
+    return nodes, analysis
+
+
+@dataclass
+class LoopKnowledge:
+    """What one loop's CoSTEER rounds add: graph nodes, knowledge dicts, evolving steps, final factor code."""
+
+    nodes: list[Any] = field(default_factory=list)
+    success: dict[str, Any] = field(default_factory=dict)
+    working: dict[str, list[Any]] = field(default_factory=dict)
+    errors: dict[str, list[Any]] = field(default_factory=dict)
+    implementations: dict[str, Any] = field(default_factory=dict)
+    evo_steps: list[Any] = field(default_factory=list)
+    factors: list[FactorSpec] = field(default_factory=list)
+
+
+def _loop_knowledge(loop_idx: int, base: list[Any], earlier: list[LoopKnowledge]) -> LoopKnowledge:
+    """``FACTORS_PER_LOOP`` factor tasks coded over up to ``EVO_ROUNDS`` rounds (a new factor.py per attempt)."""
+    rng = random.Random(1000 + loop_idx)
+    out = LoopKnowledge()
+    tasks, infos, task_nodes = [], [], []
+    for j in range(FACTORS_PER_LOOP):
+        name = f"L{loop_idx}_{j}_{rng.choice((5, 10, 20))}D"
+        variables = {f"v{k}": _text(rng, 5) for k in range(4)}
+        task = make(
+            FACTOR_TASK,
+            factor_name=name,
+            description=_text(rng, 30),
+            factor_formulation=_text(rng, 8),
+            variables=variables,
+            factor_resources=None,
+            factor_implementation=False,
+            version=1,
+            name=name,
+        )
+        info = f"factor_name: {name}\nfactor_description: {task.__dict__['description']}\nvariables: {variables}"
+        tasks.append(task)
+        infos.append(info)
+        task_nodes.append(_node(rng, "task_description", info, [base[rng.randrange(len(base))]]))
+    out.nodes += task_nodes
+    similar = [k for chunk in earlier[-3:] for k in chunk.success.values()]
+    last_code = [""] * FACTORS_PER_LOOP
+    for r in range(EVO_ROUNDS):
+        workspaces, feedbacks = [], []
+        for j, task in enumerate(tasks):
+            if infos[j] in out.success:  # CoSTEER only evolves the tasks that have not passed yet
+                continue
+            last_code[j] = _factor_code(rng, task.__dict__["factor_name"])
+            workspace = make(
+                FACTOR_WORKSPACE,
+                target_task=task,
+                feedback=None,
+                running_info=make(RUNNING_INFO, result=None, running_time=rng.random() * 60),
+                file_dict={"factor.py": last_code[j]},
+                workspace_path=pickled_path(WORKSPACES / rng.randbytes(16).hex()),
+                ws_ckp=None,
+                change_summary=None,
+                raise_exception=False,
+            )
+            ok = r == EVO_ROUNDS - 1 or rng.random() < 0.25
+            feedback = make(
+                SINGLE_FEEDBACK,
+                execution=_text(rng, 30),
+                return_checking=_text(rng, 12),
+                code=_text(rng, 20),
+                final_decision=ok,
+                final_decision_based_on_gt=None,
+                value_generated_flag=True,
+            )
+            knowledge = make(KNOWLEDGE, target_task=task, implementation=workspace, feedback=feedback)
+            error_node = _node(rng, "error", _text(rng, 6), [task_nodes[j]])
+            impl_node = _node(rng, "task_success_implement" if ok else "implementation", _text(rng, 4), [error_node])
+            out.nodes += [error_node, impl_node]
+            out.implementations[impl_node.__dict__["id"]] = knowledge
+            out.working.setdefault(infos[j], []).append(knowledge)
+            out.errors.setdefault(infos[j], []).append(
+                {
+                    "error_type": _text(rng, 2),
+                    "lines": [_text(rng, 5) for _ in range(4)],
+                    "traceback": [
+                        f'  File "factor.py", line {rng.randrange(80)}, in {_text(rng, 2)}' for _ in range(12)
+                    ],
+                    "similar_nodes": [error_node.__dict__["id"], task_nodes[j].__dict__["id"]],
+                }
+            )
+            if ok:
+                out.success[infos[j]] = knowledge
+            workspaces.append(workspace)
+            feedbacks.append(feedback)
+        queried = make(
+            QUERIED_KNOWLEDGE,
+            success_task_to_knowledge_dict=dict(out.success),
+            failed_task_info_set={i for i in infos if i not in out.success},
+            working_task_to_former_failed_knowledge_dict={i: list(out.working[i]) for i in infos},
+            working_task_to_similar_successful_knowledge_dict={i: similar[:5] for i in infos},
+            task_to_similar_error_successful_knowledge={
+                i: [(e["error_type"], e["lines"]) for e in out.errors[i]] for i in infos
+            },
+        )
+        subjects = make(EVOLVING_ITEM, sub_tasks=tasks, sub_workspace_list=workspaces, sub_gt_implementation_list=None)
+        multi = make(MULTI_FEEDBACK, feedback_list=feedbacks)
+        out.evo_steps.append(make(EVO_STEP, evolvable_subjects=subjects, queried_knowledge=queried, feedback=multi))
+    out.factors = [
+        FactorSpec(t.__dict__["factor_name"], t.__dict__["description"], t.__dict__["factor_formulation"], code=c)
+        for t, c in zip(tasks, last_code, strict=True)
+    ]
+    return out
+
+
+class ObjectsTask:
+    """An object-heavy task: knowledge accumulates loop after loop, every snapshot re-pickles all of it."""
+
+    def __init__(self, work: Path, loops: int, base_nodes: int) -> None:
+        self.log_dir = work / "objects" / OBJECTS_TASK_ID
+        self.loops = loops
+        self.base, self.base_analysis = _base_knowledge(base_nodes)
+        self.chunks: list[LoopKnowledge] = []
+        for loop_idx in range(loops + 1):
+            self.chunks.append(_loop_knowledge(loop_idx, self.base, self.chunks))
+        rng = random.Random(5)
+        specs = [
+            ExperimentSpec(
+                factors=chunk.factors[: 1 + i % FACTORS_PER_LOOP],
+                decision=i % 3 == 0 or i == loops - 1,
+                metrics={m: rng.uniform(-0.1, 0.3) for m in METRIC_NAMES},
+            )
+            if i % 7 != 6
+            else ExperimentSpec(kind="model", decision=False, metrics={m: 0.0 for m in METRIC_NAMES})
+            for i, chunk in enumerate(self.chunks)
+        ]
+        self.hist = build_hist(specs)
+
+    def write_all(self) -> None:
+        shutil.rmtree(self.log_dir, ignore_errors=True)
+        steps = len(RDAGENT_1_STEPS)
+        for loop_idx in range(self.loops):
+            for step_idx, step in enumerate(RDAGENT_1_STEPS):
+                hist_len = loop_idx + (1 if step_idx == steps - 1 else 0)
+                path = self.log_dir / "__session__" / str(loop_idx) / f"{step_idx}_{step}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(snapshot_bytes(self._loop(loop_idx, step_idx, hist_len)))
+
+    def _loop(self, loop_idx: int, step_idx: int, hist_len: int) -> Any:
+        """The loop after ``step_idx`` of ``loop_idx``: the coding step (1) adds this loop's knowledge."""
+        chunks = self.chunks[: loop_idx + (1 if step_idx >= 1 else 0)]
+
+        def merged(name: str) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for chunk in chunks:
+                out.update(getattr(chunk, name))
+            return out
+
+        graph = make(GRAPH, nodes={*self.base, *(n for c in chunks for n in c.nodes)}, vector_base=None)
+        loop = build_loop(self.hist[:hist_len], loop_idx=loop_idx)
+        coder = loop.__dict__["coder"].__dict__
+        coder["knowledge_base"] = make(
+            KNOWLEDGE_BASE,
+            graph=graph,
+            success_task_to_knowledge_dict=merged("success"),
+            working_trace_knowledge=merged("working"),
+            working_trace_error_analysis=merged("errors"),
+            node_to_implementation_knowledge_dict=merged("implementations"),
+            former_error_analysis=dict(self.base_analysis),
+        )
+        if step_idx >= 1:
+            coder["evolve_agent"].__dict__["evolving_trace"] = list(self.chunks[loop_idx].evo_steps)
+        outputs: defaultdict[int, dict[str, Any]] = defaultdict(dict)
+        for li in range(min(loop_idx, hist_len)):
+            exp, fb = self.hist[li]
+            outputs[li] = {"direct_exp_gen": exp, "coding": exp, "running": exp, "feedback": fb}
+        loop.__dict__["loop_prev_out"] = outputs
+        return loop
+
+
+def count_objects(root: Any) -> int:
+    """Distinct objects reachable from ``root`` (containers, instance dicts, strings, floats ...).
+
+    pandas/numpy objects and paths count as one each: what matters is the object graph rdagent's classes span.
+    """
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if obj is None or obj is True or obj is False or isinstance(obj, type) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, list | tuple | set | frozenset):
+            stack.extend(obj)
+        elif type(obj).__module__.split(".", 1)[0] not in ("pandas", "numpy", "pathlib") and hasattr(obj, "__dict__"):
+            stack.append(obj.__dict__)
+    return len(seen)
+
+
+def _objects_of(path: Path) -> int:
+    with genuine_modules(), open(path, "rb") as fh:
+        return count_objects(pickle.load(fh))
+
+
+def naive_load_gc_paused(files: list[Path]) -> int:
+    """``naive_load`` with the cyclic GC paused, as ``read_task`` runs: the fair floor of full unpickling."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return naive_load(files)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def profile_cold(log_dir: Path, top: int) -> str:
+    """cProfile of one cold ``read_task``: where the restricted unpickler spends its time (by own time)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        cold_read(log_dir, Path(tmp) / "idx.sqlite")
+        profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def run_objects(args: argparse.Namespace) -> None:
+    """The object-heavy scenario: ~100k-300k small objects per snapshot, against raw read and naive load."""
+    task = ObjectsTask(args.work, args.loops, args.base_nodes)
+    t_gen, _ = timed(task.write_all)
+    log_dir = task.log_dir
+    del task  # its object graph would slow every GC pass of the naive load below
+    gc.collect()
+    files = snapshot_files(log_dir)
+    sizes = [p.stat().st_size for p in files]
+    total, largest = sum(sizes), max(sizes)
+    ordered = sorted(files, key=lambda f: (int(f.parent.name), f.name))  # files sort as text: 9/ after 39/
+    n_first, n_last = _objects_of(ordered[0]), _objects_of(ordered[-1])
+    print(
+        f"generated {len(files)} snapshots, {total / MB:.0f} MB, largest {largest / MB:.1f} MB, "
+        f"{n_first:,} -> {n_last:,} objects per snapshot in {t_gen:.1f} s"
+    )
+
+    raw_read(files)  # page cache warm for everything below
+    t_raw = min(timed(lambda: raw_read(files))[0] for _ in range(3))
+    t_floor = min(timed(lambda: raw_readinto(files))[0] for _ in range(3))
+    t_naive, naive_hist = timed(lambda: naive_load(files))
+    t_naive_paused, _ = timed(lambda: naive_load_gc_paused(files))
+    with tempfile.TemporaryDirectory() as tmp:
+        t_cold, reading = timed(lambda: cold_read(log_dir, Path(tmp) / "idx.sqlite"))
+    assert reading.selection.hist_len == naive_hist == args.loops, (reading.selection.hist_len, naive_hist)
+    assert reading.anchor is not None, reading.error
+    del reading
+
+    ratio = t_cold / t_raw
+    verdict = "met" if ratio <= TARGET_COLD_VS_RAW else f"**missed** ({ratio:.1f}x)"
+    objects_total = (n_first + n_last) / 2 * len(files)  # approximate: the mean of the first and last snapshot
+    rows = [
+        (
+            "objects: snapshots / total / largest",
+            f"{len(files)} / {total / MB:.0f} MB / {largest / MB:.1f} MB",
+            f"{n_first:,} -> {n_last:,} objects per snapshot",
+        ),
+        ("objects: raw read of every snapshot (reference)", f"{t_raw * 1000:.0f} ms", f"{total / MB / t_raw:.0f} MB/s"),
+        (
+            "objects: readinto one reused buffer (copy floor)",
+            f"{t_floor * 1000:.0f} ms",
+            f"{total / MB / t_floor:.0f} MB/s",
+        ),
+        (
+            "objects: naive pickle.load of every snapshot",
+            f"{t_naive * 1000:.0f} ms",
+            f"{t_naive / t_raw:.1f}x raw read; ~{objects_total / t_naive / 1e6:.1f} M objects/s",
+        ),
+        (
+            "objects: naive pickle.load, gc paused",
+            f"{t_naive_paused * 1000:.0f} ms",
+            f"{t_naive_paused / t_raw:.1f}x raw read",
+        ),
+        (
+            "objects: cold read_task (empty index)",
+            f"{t_cold * 1000:.0f} ms",
+            f"{ratio:.1f}x raw read (target <= {TARGET_COLD_VS_RAW}x: {verdict})",
+        ),
+        (
+            "objects: cold vs naive",
+            "",
+            f"{t_cold / t_naive:.2f}x naive; {t_cold / t_naive_paused:.2f}x naive with gc paused",
+        ),
+    ]
+    print("\n| measurement | value | ratio / target |\n|---|---|---|")
+    for row in rows:
+        print(f"| {row[0]} | {row[1]} | {row[2]} |")
+    if args.profile:
+        print(f"\ncProfile of one cold read_task (top {args.profile_top} by own time):\n")
+        print(profile_cold(log_dir, args.profile_top))
+    print(f"\n(this process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
+    if not args.keep:
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=("blobs", "objects", "all"), default="all")
+    parser.add_argument("--loops", type=int, default=40)
+    parser.add_argument("--size-mb", type=int, default=60, help="blobs: the last snapshots exceed this size")
+    parser.add_argument("--weights-mb", type=int, default=5, help="blobs: weight bytes per accepted experiment")
+    parser.add_argument("--base-nodes", type=int, default=7000, help="objects: knowledge-graph nodes at loop 0")
+    parser.add_argument("--profile", action="store_true", help="objects: cProfile one cold read_task")
+    parser.add_argument("--profile-top", type=int, default=20)
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "_work" / "session_reader")
+    parser.add_argument("--keep", action="store_true", help="keep the generated task")
+    args = parser.parse_args()
+    if args.scenario in ("blobs", "all"):
+        print("## scenario: blobs\n")
+        run_blobs(args)
+    if args.scenario in ("objects", "all"):
+        print("\n## scenario: objects\n")
+        run_objects(args)
 
 
 if __name__ == "__main__":

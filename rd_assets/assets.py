@@ -192,8 +192,8 @@ def model_weight(
 @asset(
     partitions_def=rd_task_partitions,
     group_name=GROUP,
-    description="The model's input order: Alpha158 names of the executed config, then the anchor parquet's "
-    "columns (footer only), compared with the model's feature count.",
+    description="The model's input order: alpha names and the anchor parquet's columns (footer only), ordered "
+    "by the executed config's data loader, compared with the model's feature count.",
 )
 def factor_order(
     context: AssetExecutionContext,
@@ -222,6 +222,8 @@ def factor_order(
             "dynamic_count": MetadataValue.text(str(order.dynamic_count)),
             "is_aligned": MetadataValue.bool(order.is_aligned),
             "alignment": MetadataValue.text(order.alignment_reason or "aligned"),
+            "model_input_order_rule": MetadataValue.text(order.model_input_order_rule or "unresolved"),
+            "alpha_source": MetadataValue.text(order.alpha158_source or "unresolved"),
             "anchor_parquet": MetadataValue.text(order.dynamic_source or "none"),
             "model_input_order": MetadataValue.json(order.model_input_order or []),
             **access_metadata(access),
@@ -264,6 +266,7 @@ def _extract_report(
     instance: DagsterInstance,
     rd_log_root: RdLogRoot,
     selection: SnapshotSelection,
+    anchor: SotaFactorExperiment,
     weight: ModelWeight,
     model: ModelExport,
     order: FactorOrder,
@@ -284,6 +287,7 @@ def _extract_report(
     return build_report(
         log_dir=log_dir,
         selection=selection,
+        anchor=anchor,
         access=access,
         path_map=rd_log_root.parsed_path_map(),
         order=order,
@@ -319,6 +323,7 @@ def aistock_bundle(
         instance=context.instance,
         rd_log_root=rd_log_root,
         selection=session_snapshot,
+        anchor=last_sota_factor_exp,
         weight=model_weight,
         model=model,
         order=factor_order,
@@ -331,7 +336,7 @@ def aistock_bundle(
         model=model,
         factor_order=factor_order,
         factor_code=factor_code,
-        model_meta=build_model_meta(last_sota_factor_exp, weight_class_path=model.introspection.class_path),
+        model_meta=build_model_meta(last_sota_factor_exp, model=model.introspection),
         report=report,
     )
     published = publish_bundle(bundle_store.path, content, keep_versions=bundle_store.keep_versions)
@@ -353,6 +358,7 @@ def aistock_bundle(
             "changed": MetadataValue.bool(published.changed),
             "selection_ready": MetadataValue.bool(manifest.selection_ready),
             "reasons": MetadataValue.json(manifest.reasons),
+            "warnings": MetadataValue.json(manifest.warnings),
             "files": MetadataValue.int(len(manifest.files)),
             "session_fingerprint": MetadataValue.text(fingerprint),
             "anchor_hist_index": MetadataValue.int(last_sota_factor_exp.last_sota_factor_index),

@@ -25,6 +25,8 @@ from rd_assets.bundle_models import (
     FACTOR_ORDER,
     MANIFEST,
     MODEL_META,
+    MODEL_PY,
+    MODEL_SAFETENSORS,
     MODEL_TXT,
     SOTA_FACTORS,
     ExtractReport,
@@ -45,6 +47,7 @@ if TYPE_CHECKING:  # annotations only: the publisher and verifier stay free of n
 REASON_WEIGHTS = "weights_not_persisted"
 REASON_FACTOR_CODE = "factor_code_incomplete"
 REASON_ORDER = "factor_order_not_aligned"
+REASON_MODEL_CODE = "model_code_missing"
 
 
 @dataclass(frozen=True)
@@ -84,11 +87,23 @@ def content_hash(entries: Mapping[str, FileEntry]) -> str:
     return digest.hexdigest()
 
 
+def needs_model_py(model: ModelExport | None) -> bool:
+    """A torch network defined by the run's own ``model.py`` (qlib imports it as module ``model``)."""
+    network = model.introspection.network_class if model is not None else None
+    return network is not None and network.split(".", 1)[0] == "model"
+
+
 def readiness(
-    *, weight: ModelWeight | None, factor_code: FactorCodeSet, factor_order: FactorOrder, report: ExtractReport
+    *,
+    weight: ModelWeight | None,
+    model: ModelExport | None,
+    anchor: SotaFactorExperiment,
+    factor_code: FactorCodeSet,
+    factor_order: FactorOrder,
+    report: ExtractReport,
 ) -> list[str]:
     """Each gap that keeps the bundle from ``selection_ready`` (empty list = ready), as ``code: why``."""
-    reasons = []
+    reasons = list(report.not_ready)
     if weight is None:
         why = report.weight_error.message if report.weight_error else "no model weight in the anchor experiment"
         reasons.append(f"{REASON_WEIGHTS}: {why}")
@@ -96,6 +111,10 @@ def readiness(
         reasons.append(f"{REASON_FACTOR_CODE}: {'; '.join(factor_code.index.incomplete)}")
     if not factor_order.is_aligned or not factor_order.model_input_order:
         reasons.append(f"{REASON_ORDER}: {factor_order.alignment_reason or 'model_input_order unresolved'}")
+    if needs_model_py(model) and anchor.model_py is None:
+        network = model.introspection.network_class if model is not None else None
+        why = anchor.model_py_problem or "no model.py in the session"
+        reasons.append(f"{REASON_MODEL_CODE}: the network {network} is defined by the run's model.py: {why}")
     return reasons
 
 
@@ -129,6 +148,10 @@ def assemble_bundle(
     model_txt = model.model_txt if model is not None else None
     if model_txt is not None:
         _put(files, MODEL_TXT, model_txt.encode("utf-8"))
+    if model is not None and model.safetensors is not None:
+        _put(files, MODEL_SAFETENSORS, model.safetensors)
+    if needs_model_py(model) and anchor.model_py is not None:
+        _put(files, MODEL_PY, anchor.model_py.encode("utf-8"))
     code_relpaths = {f.name: f.relpath for f in factor_code.index.files if f.relpath in factor_code.files}
     sota = SotaFactorsDoc(
         task_id=anchor.task_id,
@@ -143,7 +166,9 @@ def assemble_bundle(
     for relpath, data in sorted(factor_code.files.items()):
         _put(files, relpath, data)
 
-    reasons = readiness(weight=weight, factor_code=factor_code, factor_order=factor_order, report=report)
+    reasons = readiness(
+        weight=weight, model=model, anchor=anchor, factor_code=factor_code, factor_order=factor_order, report=report
+    )
     entries = file_entries(files)
     index = factor_code.index
     manifest = Manifest(
@@ -174,6 +199,8 @@ def assemble_bundle(
         primary_assets={
             "model_weight": weight_key,
             "model_txt": MODEL_TXT if MODEL_TXT in files else None,
+            "model_safetensors": MODEL_SAFETENSORS if MODEL_SAFETENSORS in files else None,
+            "model_py": MODEL_PY if MODEL_PY in files else None,
             "sota_factors": SOTA_FACTORS,
             "factor_order": FACTOR_ORDER,
             "model_meta": MODEL_META,
@@ -183,6 +210,7 @@ def assemble_bundle(
         files=entries,
         selection_ready=not reasons,
         reasons=reasons,
+        warnings=report.warnings,
         extract_run=report.run,
     )
     files[MANIFEST] = json_bytes(manifest)

@@ -9,6 +9,8 @@ Layout of one published version (immutable once published)::
     extract_report.json      ExtractReport
     model.pkl | params.pkl   the weight bytes exactly as found (never renamed)
     model.txt                LightGBM text export, when the model is LightGBM
+    model.safetensors        torch state_dict export, when the model is a qlib torch model
+    model.py                 the network's source (the model experiment's model.py the sota_model config imported)
     factor_entry.py          the anchor's own factor code (sub_task 0)
     factors/<safe name>.py   one per SOTA factor
 
@@ -39,6 +41,8 @@ FACTOR_ORDER = "factor_order.json"
 MODEL_META = "model_meta.json"
 EXTRACT_REPORT = "extract_report.json"
 MODEL_TXT = "model.txt"
+MODEL_SAFETENSORS = "model.safetensors"
+MODEL_PY = "model.py"
 FACTOR_ENTRY = "factor_entry.py"
 
 
@@ -98,6 +102,9 @@ class Manifest(Document):
     files: dict[str, FileEntry] = Field(description="every file of the version but manifest.json itself")
     selection_ready: bool
     reasons: list[str]
+    warnings: list[str] = Field(
+        default_factory=list, description="'code: why' facts a consumer should know that do not block readiness"
+    )
     extract_run: ExtractRun | None = None
 
 
@@ -123,6 +130,10 @@ class ExtractReport(Document):
         None, description="the feature_count_mismatch tolerated by allow-incomplete"
     )
     factor_code_incomplete: list[str]
+    warnings: list[str] = Field(default_factory=list, description="copied into the manifest")
+    not_ready: list[str] = Field(
+        default_factory=list, description="'code: why' readiness gaps found while reading (newer snapshot unreadable)"
+    )
     notes: list[str] = []
     run: ExtractRun | None = None
 

@@ -47,6 +47,18 @@ class SignatureMismatchError(RdAssetsError):
     code = "signature_mismatch"
 
 
+class UnsignedSnapshotError(RdAssetsError):
+    """``RD_ASSETS_REQUIRE_SIGNATURE`` is set and the session file is a plain (unsigned) pickle."""
+
+    code = "unsigned_snapshot"
+
+
+class SignatureUnverifiedError(RdAssetsError):
+    """``RD_ASSETS_REQUIRE_SIGNATURE`` is set and a signed file cannot be verified (no signing key configured)."""
+
+    code = "signature_unverified"
+
+
 class NoSnapshotError(RdAssetsError):
     """The log dir has no readable ``__session__/<loop>/<step>_<name>`` snapshot."""
 
@@ -71,10 +83,58 @@ class WeightsNotPersistedError(RdAssetsError):
     code = "weights_not_persisted"
 
 
+class TorchWeightError(RdAssetsError):
+    """A pickled torch network whose tensors cannot be rebuilt as plain data (forged, truncated, unsupported)."""
+
+    code = "torch_weight_unreadable"
+
+
 class FeatureCountMismatchError(RdAssetsError):
     """``model_input_order`` and the model's feature count disagree; nothing is padded or cut."""
 
     code = "feature_count_mismatch"
+
+
+class FactorOrderUnresolvedError(FeatureCountMismatchError):
+    """``model_input_order`` cannot be confirmed at all; subclasses name which part is missing."""
+
+    code = "factor_order_unresolved"
+
+
+class ConfigUnresolvedError(FactorOrderUnresolvedError):
+    """No executed qlib config can be named (missing from the workspace, or contradicted by the weight)."""
+
+    code = "config_unresolved"
+
+
+class UnknownDataLoaderError(FactorOrderUnresolvedError):
+    """The executed config's data loader is not one whose column order rd-assets knows."""
+
+    code = "unknown_data_loader"
+
+
+class AlphaNamesUnresolvedError(FactorOrderUnresolvedError):
+    """No source names the alpha features: an unrendered template and no ``base_features`` in the session."""
+
+    code = "alpha_names_unresolved"
+
+
+class FactorParquetNotFoundError(FactorOrderUnresolvedError):
+    """The anchor's ``combined_factors_df.parquet`` is not where the (mapped) workspace path says."""
+
+    code = "factor_parquet_not_found"
+
+
+class FactorParquetUnreadableError(FactorOrderUnresolvedError):
+    """The anchor parquet exists but its footer does not name ``('feature', <name>)`` columns."""
+
+    code = "factor_parquet_unreadable"
+
+
+class ModelFeatureCountUnknownError(FactorOrderUnresolvedError):
+    """The model's input feature count cannot be read from the weight, so the order cannot be confirmed."""
+
+    code = "model_feature_count_unknown"
 
 
 class BundleIntegrityError(RdAssetsError):

@@ -35,16 +35,21 @@ from rd_assets.errors import (
     WorkspaceTraversalError,
 )
 from rd_assets.factor_code import FactorCodeSet, build_factor_code
-from rd_assets.factor_order import ensure_aligned, resolve_factor_order
+from rd_assets.factor_order import require_aligned, resolve_factor_order
 from rd_assets.model_introspection import ModelExport, introspect_model
 from rd_assets.model_meta import build_model_meta
 from rd_assets.models import ErrorInfo, SnapshotSelection, SotaFactorExperiment
 from rd_assets.path_map import PathMap
 from rd_assets.reader import TaskReading, read_task, reload_anchor_experiment
 from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.snapshots import SESSION_DIR
+from rd_assets.snapshots import SESSION_DIR, newer_unreadable
 from rd_assets.trace import anchor_experiment
+from rd_assets.unpickler import SignatureStatus
 from rd_assets.weights import ModelWeight, resolve_model_weight
+
+NEWER_SNAPSHOT_UNREADABLE = "newer_snapshot_unreadable"
+SIGNATURE_UNVERIFIED = "signature_unverified"
+PATH_MAP_RULE_UNUSED = "path_map_rule_unused"
 
 
 @dataclass(frozen=True)
@@ -71,16 +76,6 @@ def refuse_inside(log_dir: Path, what: str, path: Path | None) -> None:
 def _outside_session(access: AccessLog, log_dir: Path) -> list[str]:
     session = log_dir / SESSION_DIR
     return sorted({p for p in access.opened_paths if session not in Path(p).parents})
-
-
-def require_aligned(order: FactorOrder) -> None:
-    """:func:`ensure_aligned` (both counts known and different), and also fail an order that is unconfirmed."""
-    ensure_aligned(order)
-    if not order.is_aligned:
-        raise FeatureCountMismatchError(
-            f"model_input_order cannot be confirmed against the model: {order.alignment_reason}",
-            path=order.dynamic_source,
-        )
 
 
 def _weight(exp: object, hist_index: int, allow_incomplete: bool) -> tuple[ModelWeight | None, ErrorInfo | None]:
@@ -124,10 +119,32 @@ def _anchor_object(log_dir: Path, reading: TaskReading, signing_key: str | None,
     return exp, reading.unpickled + 1
 
 
+def collect_warnings(
+    selection: SnapshotSelection, anchor: SotaFactorExperiment, order: FactorOrder, path_map: PathMap
+) -> list[str]:
+    """Facts a consumer should see that do not block readiness, as ``code: why``."""
+    warnings = []
+    if selection.signature == SignatureStatus.NOT_VERIFIED.value:
+        warnings.append(
+            f"{SIGNATURE_UNVERIFIED}: {selection.chosen_snapshot} is signed but was read without "
+            "RD_ASSETS_SIGNING_KEY, so its HMAC was not checked"
+        )
+    warnings += order.warnings
+    pickled = [p for p in (anchor.experiment_workspace_path,) if p]
+    warnings += [
+        f"{PATH_MAP_RULE_UNUSED}: the path-map rule {rule.source}={rule.target} matches no pickled path of this task"
+        for rule in path_map.unused_rules(pickled)
+    ]
+    if anchor.model_py is not None and anchor.model_py_problem:
+        warnings.append(f"model_py_differs: {anchor.model_py_source} {anchor.model_py_problem}")
+    return warnings
+
+
 def build_report(
     *,
     log_dir: Path,
     selection: SnapshotSelection,
+    anchor: SotaFactorExperiment,
     access: AccessLog,
     path_map: PathMap,
     order: FactorOrder,
@@ -150,6 +167,11 @@ def build_report(
     notes = [f"signature: {selection.signature}"] if selection.signature else []
     if model is not None and model.introspection.feature_count is None:
         notes.append(f"model feature count unknown: {model.introspection.feature_count_reason}")
+    not_ready = [
+        f"{NEWER_SNAPSHOT_UNREADABLE}: {e.path} is newer than the chosen {selection.chosen_snapshot} but was "
+        f"skipped ({e.code}: {e.message}); the chosen state may be stale"
+        for e in newer_unreadable(selection)
+    ]
     return ExtractReport(
         task_id=selection.task_id,
         log_dir_name=log_dir.name,
@@ -164,6 +186,8 @@ def build_report(
         weight_error=weight_error,
         alignment_error=alignment_error,
         factor_code_incomplete=code.index.incomplete,
+        warnings=collect_warnings(selection, anchor, order, path_map),
+        not_ready=not_ready,
         notes=notes,
         run=run,
     )
@@ -212,6 +236,7 @@ def collect_parts(
     report = build_report(
         log_dir=log_dir,
         selection=selection,
+        anchor=anchor,
         access=access,
         path_map=path_map,
         order=order,
@@ -229,7 +254,7 @@ def collect_parts(
         model=model,
         factor_order=order,
         factor_code=code,
-        model_meta=build_model_meta(anchor, weight_class_path=weight_class),
+        model_meta=build_model_meta(anchor, model=model.introspection if model is not None else None),
         report=report,
     )
 

@@ -1,10 +1,16 @@
-"""The model's input order: Alpha158 names of the executed config, then the dynamic factors of the parquet.
+"""The model's input order, as the executed config's data loader builds it from two name lists.
 
-Only two sources are read. The Alpha158 names come from the executed YAML (see :mod:`rd_assets.qlib_config`).
-The dynamic names come from the footer of ``<experiment_workspace.workspace_path>/combined_factors_df.parquet``
-(DESIGN.md rule 5: the only file outside ``__session__`` ever opened), decoded from the pandas metadata
-with ``ast.literal_eval`` - the data pages are never read. Nothing is padded, trimmed or guessed: an
-unreadable part stays ``None`` with its reason, and a count mismatch is stated with both counts.
+The alpha names: literal in the executed YAML (what qrun ran), else - when the YAML holds the unrendered
+``{{ feature_names }}`` - the anchor's pickled ``base_features`` keys (rdagent 1.0 renders that placeholder
+from them in memory only). The dynamic names: the footer of ``<experiment_workspace.workspace_path>/
+combined_factors_df.parquet`` (DESIGN.md rule 5: the only file outside ``__session__`` ever opened), decoded
+from the pandas metadata - the data pages are never read.
+
+The loader decides the order: the fork's ``CombinedAlpha158DynamicFactorsLoader`` keeps alpha then parquet
+(``alpha_then_parquet``); qlib's ``NestedDataLoader`` lets a later loader's column replace an earlier one and
+ends with ``sort_index(axis=1)`` (``sorted_union``); a bare ``Alpha158DL`` has no dynamic part (``alpha_only``).
+Any other loader is refused. Nothing is padded, trimmed or guessed: an unresolved part stays ``None`` with a
+typed code and its reason, and a count mismatch is stated with both counts.
 """
 
 from __future__ import annotations
@@ -12,14 +18,24 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow.parquet as pq
 
 from rd_assets.access_log import AccessLog
 from rd_assets.artifact_models import FactorOrder
-from rd_assets.errors import FeatureCountMismatchError
+from rd_assets.errors import (
+    AlphaNamesUnresolvedError,
+    ConfigUnresolvedError,
+    FactorOrderUnresolvedError,
+    FactorParquetNotFoundError,
+    FactorParquetUnreadableError,
+    FeatureCountMismatchError,
+    ModelFeatureCountUnknownError,
+    UnknownDataLoaderError,
+)
 from rd_assets.models import SotaFactorExperiment
+from rd_assets.order_rules import RULE_REASONS, OrderRule, combine_order
 from rd_assets.path_map import PathMap
 from rd_assets.qlib_config import (
     HANDLER_KWARGS_PATH,
@@ -38,38 +54,55 @@ class FactorOrderError(ValueError):
     """One part of the order cannot be resolved; the message is the reason shown to people."""
 
 
+_ERRORS: dict[str, type[FactorOrderUnresolvedError]] = {
+    cls.code: cls
+    for cls in (
+        ConfigUnresolvedError,
+        UnknownDataLoaderError,
+        AlphaNamesUnresolvedError,
+        FactorParquetNotFoundError,
+        FactorParquetUnreadableError,
+        ModelFeatureCountUnknownError,
+    )
+}
+
+
 @dataclass(frozen=True)
 class Part:
-    """One resolved or unresolved part of the order, with where it came from."""
+    """One resolved or unresolved part of the order, with where it came from and, if unresolved, why."""
 
     names: list[str] | None
     source: str | None
     reason: str | None
+    code: str | None = None
+    placeholder: str | None = None
+    """The unrendered Jinja text that stands where the names should be."""
 
 
 @dataclass(frozen=True)
 class LoaderLayout:
-    """What the executed config's data loader says about the features, in order."""
+    """What the executed config's data loader says about the features, and the order rule it implies."""
 
     alpha: Part
-    has_dynamic: bool
+    rule: OrderRule | None
     dynamic_problem: str | None = None
 
 
 def _feature_names(config_name: str, where: str, spec: Any) -> Part:
     """Names of a qlib ``feature: [expressions, names]`` pair."""
-    source = f"{config_name}: {where}.feature[1]"
+    source = f"{where}.feature[1]"
     feature = spec.get("feature") if isinstance(spec, dict) else None
     if not isinstance(feature, list) or len(feature) != 2:
         return Part(None, source, f"{config_name}: {where}.feature is not an [expressions, names] pair")
     expressions, names = feature
     if is_placeholder(names):
-        return Part(None, source, f"{config_name}: the Alpha158 names are the unrendered Jinja placeholder {names}")
+        reason = f"{config_name}: the alpha names are the unrendered Jinja placeholder {names}"
+        return Part(None, source, reason, AlphaNamesUnresolvedError.code, placeholder=names)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        return Part(None, source, f"{config_name}: {where}.feature[1] is not a list of names")
+        return Part(None, source, f"{config_name}: {where}.feature[1] is not a list of names", "alpha_names_unresolved")
     if isinstance(expressions, list) and len(expressions) != len(names):
         reason = f"{config_name}: {where}.feature has {len(expressions)} expressions but {len(names)} names"
-        return Part(None, source, reason)
+        return Part(None, source, reason, AlphaNamesUnresolvedError.code)
     return Part(list(names), source, None)
 
 
@@ -86,26 +119,29 @@ def _dynamic_file_problem(config_name: str, value: Any) -> str | None:
 
 def loader_layout(config: dict[str, Any], config_name: str) -> LoaderLayout:
     """Alpha158 part and whether a dynamic part follows, for the three loader shapes rdagent writes."""
-    where = f"{HANDLER_KWARGS_PATH}.data_loader"
+    root = "data_handler_config" if isinstance(config.get("data_handler_config"), dict) else HANDLER_KWARGS_PATH
+    where = f"{root}.data_loader"
     loader = handler_kwargs(config).get("data_loader")
     kwargs = spec_kwargs(loader)
     name = _class_name(loader)
-    if "alpha158_config" in kwargs:  # the fork's CombinedAlpha158DynamicFactorsLoader
+    if name == "CombinedAlpha158DynamicFactorsLoader" and "alpha158_config" in kwargs:  # the fork
         alpha = _feature_names(config_name, f"{where}.kwargs.alpha158_config", kwargs["alpha158_config"])
-        return LoaderLayout(alpha, True, _dynamic_file_problem(config_name, kwargs.get("dynamic_path")))
+        return LoaderLayout(alpha, "alpha_then_parquet", _dynamic_file_problem(config_name, kwargs.get("dynamic_path")))
     if name == "NestedDataLoader":  # upstream: Alpha158DL + StaticDataLoader(combined_factors_df.parquet)
         loaders = kwargs.get("dataloader_l") if isinstance(kwargs.get("dataloader_l"), list) else []
         kinds = [_class_name(sub) for sub in loaders]
         if kinds != ["Alpha158DL", "StaticDataLoader"]:
             reason = f"{config_name}: NestedDataLoader of {kinds}, expected [Alpha158DL, StaticDataLoader]"
-            return LoaderLayout(Part(None, None, reason), False, reason)
+            return LoaderLayout(Part(None, None, reason, UnknownDataLoaderError.code), None, reason)
         where_alpha = f"{where}.kwargs.dataloader_l[0].kwargs.config"
         alpha = _feature_names(config_name, where_alpha, spec_kwargs(loaders[0]).get("config"))
-        return LoaderLayout(alpha, True, _dynamic_file_problem(config_name, spec_kwargs(loaders[1]).get("config")))
+        dynamic_problem = _dynamic_file_problem(config_name, spec_kwargs(loaders[1]).get("config"))
+        return LoaderLayout(alpha, "sorted_union", dynamic_problem)
     if name == "Alpha158DL":  # baseline
-        return LoaderLayout(_feature_names(config_name, f"{where}.kwargs.config", kwargs.get("config")), False)
+        alpha = _feature_names(config_name, f"{where}.kwargs.config", kwargs.get("config"))
+        return LoaderLayout(alpha, "alpha_only")
     reason = f"{config_name}: data loader {name or loader!r} is not one whose feature order is known"
-    return LoaderLayout(Part(None, None, reason), False, reason)
+    return LoaderLayout(Part(None, None, reason, UnknownDataLoaderError.code), None, reason)
 
 
 def _column_filters(config: dict[str, Any], config_name: str) -> list[tuple[str, Any]]:
@@ -160,53 +196,92 @@ def decode_feature_columns(schema: Any) -> list[str]:
     return names
 
 
-def read_dynamic_factors(parquet: Path, access: AccessLog | None) -> Part:
-    """Footer-only read of the anchor parquet (opened through Python so audit hooks see it)."""
+def read_dynamic_factors(parquet: Path, access: AccessLog | None, *, origin: str = "") -> Part:
+    """Footer-only read of the anchor parquet (opened through Python so audit hooks see it).
+
+    ``origin`` says how ``parquet`` was derived (pickled path and path-map rule), for a not-found reason.
+    """
     if access is not None:
         access.opened(parquet)
     try:
         with open(parquet, "rb") as fh:
             schema = pq.read_schema(fh)
     except FileNotFoundError:
-        return Part(None, str(parquet), f"{parquet} not found")
+        return Part(None, str(parquet), f"{parquet} not found{origin}", FactorParquetNotFoundError.code)
     except OSError as exc:
-        return Part(None, str(parquet), f"{parquet} cannot be read ({exc.strerror or exc})")
+        reason = f"{parquet} cannot be read ({exc.strerror or exc}){origin}"
+        return Part(None, str(parquet), reason, FactorParquetUnreadableError.code)
     except Exception as exc:  # a corrupt footer is a reason, not a crash
-        return Part(None, str(parquet), f"{parquet} has no readable parquet footer ({type(exc).__name__}: {exc})")
+        reason = f"{parquet} has no readable parquet footer ({type(exc).__name__}: {exc})"
+        return Part(None, str(parquet), reason, FactorParquetUnreadableError.code)
     try:
         return Part(decode_feature_columns(schema), str(parquet), None)
     except FactorOrderError as exc:
-        return Part(None, str(parquet), f"{parquet}: {exc}")
+        return Part(None, str(parquet), f"{parquet}: {exc}", FactorParquetUnreadableError.code)
 
 
 def _dynamic_part(
     anchor: SotaFactorExperiment, layout: LoaderLayout, path_map: PathMap, access: AccessLog | None
 ) -> Part:
     if layout.dynamic_problem is not None:
-        return Part(None, None, layout.dynamic_problem)
-    if not layout.has_dynamic:
+        return Part(None, None, layout.dynamic_problem, UnknownDataLoaderError.code)
+    if layout.rule == "alpha_only":
         return Part([], None, None)
     ws = anchor.experiment_workspace_path
     if ws is None:
-        return Part(None, None, "the anchor's experiment_workspace has no workspace_path")
+        return Part(None, None, "the anchor's experiment_workspace has no workspace_path", "factor_parquet_not_found")
+    pickled = f"{ws.rstrip('/')}/{PARQUET_NAME}" if anchor.experiment_workspace_path_style != "windows" else ws
     local = path_map.map(ws)
     if local is None:
-        return Part(None, None, path_map.explain_unmapped(ws))
-    return read_dynamic_factors(local / PARQUET_NAME, access)
+        return Part(None, None, f"{path_map.explain_unmapped(ws)} ({pickled})", FactorParquetNotFoundError.code)
+    origin = f" (pickled workspace_path {ws!r}; {path_map.explain_rule(ws)})"
+    return read_dynamic_factors(local / PARQUET_NAME, access, origin=origin)
 
 
-def _alignment(order: list[str] | None, count: int | None, alpha: Part, dynamic: Part) -> tuple[bool, str | None]:
+def _alpha_part(layout: LoaderLayout, anchor: SotaFactorExperiment, config_name: str) -> tuple[Part, list[str]]:
+    """Literal config names win (they are what qrun ran); an unrendered placeholder falls to ``base_features``."""
+    alpha = layout.alpha
+    base = anchor.base_features
+    at = f"trace.hist[{anchor.last_sota_factor_index}][0]"
+    if alpha.names is not None:
+        where = f"{at}.experiment_workspace.file_dict[{config_name!r}] -> {alpha.source}"
+        warnings = []
+        if base is not None and list(base) != alpha.names:
+            warnings.append(
+                f"alpha_names_differ_from_base_features: {config_name} lists {len(alpha.names)} names literally "
+                f"(used: that is what qrun ran) but {at}.base_features holds {len(base)} different ones"
+            )
+        return Part(alpha.names, where, None), warnings
+    if alpha.placeholder is None:
+        return alpha, []
+    if base is not None:
+        return Part(list(base), f"{at}.base_features", None), []
+    missing = anchor.base_features_problem or f"{at} has no base_features"
+    reason = f"{alpha.reason}, and no other source names them: {missing}"
+    return Part(None, alpha.source, reason, AlphaNamesUnresolvedError.code, alpha.placeholder), []
+
+
+def _alignment(
+    order: list[str] | None, count: int | None, alpha: Part, dynamic: Part
+) -> tuple[bool, str | None, str | None]:
+    """``(is_aligned, reason, code)``; the code is the typed error a caller raises for an unconfirmed order."""
     if order is None:
         gaps = "; ".join(r for r in (alpha.reason, dynamic.reason) if r)
-        return False, f"model_input_order unresolved: {gaps}"
+        code = alpha.code or dynamic.code or ConfigUnresolvedError.code
+        return False, f"model_input_order unresolved: {gaps}", code
     if count is None:
-        return False, f"model_input_order has {len(order)} names but the model's feature count is unknown"
+        reason = f"model_input_order has {len(order)} names but the model's feature count is unknown"
+        return False, reason, ModelFeatureCountUnknownError.code
     if len(order) != count:
-        return False, (
-            f"model_input_order has {len(order)} names ({len(alpha.names or [])} Alpha158 + "
-            f"{len(dynamic.names or [])} dynamic) but the model has {count} features"
+        return (
+            False,
+            (
+                f"model_input_order has {len(order)} names ({len(alpha.names or [])} alpha + "
+                f"{len(dynamic.names or [])} dynamic) but the model has {count} features"
+            ),
+            FeatureCountMismatchError.code,
         )
-    return True, None
+    return True, None, None
 
 
 def resolve_factor_order(
@@ -217,37 +292,57 @@ def resolve_factor_order(
     path_map: PathMap,
     access: AccessLog | None = None,
 ) -> FactorOrder:
-    """Alpha158 + dynamic names as the executed config and the anchor parquet define them."""
+    """Alpha + dynamic names in the order the executed config's loader feeds them to the model."""
     decision = decide_config(anchor, weight_class_path=weight_class_path)
     config, problem = parse_config(decision)
+    rule: OrderRule | None = None
+    warnings: list[str] = []
     if config is None or decision.name is None:
-        alpha = Part(None, None, problem)
+        alpha = Part(None, None, problem, ConfigUnresolvedError.code)
         dynamic = Part(None, None, f"not read: {problem}")
     else:
         layout = loader_layout(config, decision.name)
+        rule = layout.rule
         filters = _column_filters(config, decision.name)
-        alpha = _apply_filters(layout.alpha, filters, decision.name)
-        dynamic = _apply_filters(_dynamic_part(anchor, layout, path_map, access), filters, decision.name)
-    order = alpha.names + dynamic.names if alpha.names is not None and dynamic.names is not None else None
-    aligned, reason = _alignment(order, model_feature_count, alpha, dynamic)
+        alpha, warnings = _alpha_part(layout, anchor, decision.name)
+        alpha = _apply_filters(alpha, filters, decision.name)
+        dynamic = _dynamic_part(anchor, layout, path_map, access) if rule is not None else Part(None, None, None)
+        dynamic = _apply_filters(dynamic, filters, decision.name)
+    order = (
+        combine_order(rule, alpha.names, dynamic.names)
+        if rule is not None and alpha.names is not None and dynamic.names is not None
+        else None
+    )
+    aligned, reason, code = _alignment(order, model_feature_count, alpha, dynamic)
     return FactorOrder(
         task_id=anchor.task_id,
         config_name=decision.name,
         config_reason=decision.reason,
         alpha158_factors=alpha.names,
         alpha158_source=alpha.source,
+        alpha158_source_kind=_source_kind(alpha),
         alpha158_unresolved_reason=alpha.reason,
         dynamic_factors=dynamic.names,
         dynamic_source=dynamic.source,
         dynamic_unresolved_reason=dynamic.reason,
         model_input_order=order,
+        model_input_order_rule=rule,
+        model_input_order_rule_reason=RULE_REASONS[rule] if rule is not None else None,
         alpha158_count=len(alpha.names) if alpha.names is not None else None,
         dynamic_count=len(dynamic.names) if dynamic.names is not None else None,
         model_input_count=len(order) if order is not None else None,
         model_feature_count=model_feature_count,
         is_aligned=aligned,
         alignment_reason=reason,
+        unresolved_code=code,
+        warnings=warnings,
     )
+
+
+def _source_kind(alpha: Part) -> Literal["config", "base_features"] | None:
+    if alpha.names is None or alpha.source is None:
+        return None
+    return "base_features" if alpha.source.endswith(".base_features") else "config"
 
 
 def ensure_aligned(order: FactorOrder) -> None:
@@ -258,3 +353,12 @@ def ensure_aligned(order: FactorOrder) -> None:
     """
     if order.model_input_count is not None and order.model_feature_count is not None and not order.is_aligned:
         raise FeatureCountMismatchError(order.alignment_reason or "feature counts differ", path=order.dynamic_source)
+
+
+def require_aligned(order: FactorOrder) -> None:
+    """:func:`ensure_aligned`, and also fail an unconfirmed order with the typed error naming its gap."""
+    ensure_aligned(order)
+    if not order.is_aligned:
+        cls = _ERRORS.get(order.unresolved_code or "", FactorOrderUnresolvedError)
+        reason = f"model_input_order cannot be confirmed against the model: {order.alignment_reason}"
+        raise cls(reason, path=order.dynamic_source)

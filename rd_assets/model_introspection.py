@@ -5,8 +5,13 @@ lightgbm's ``Booster`` become inert stand-ins whose pickled state we read. A pic
 whole model as LightGBM's own text format (state key ``_handle``, ``handle`` before lightgbm 4), so
 ``model.txt`` is that string verbatim and plain ``lightgbm`` loads it without qlib or pickle.
 
+A qlib torch wrapper (``GeneralPTNN``, ``DNNModelPytorch`` ...) is read by :mod:`rd_assets.torch_state`:
+its network's ``state_dict`` is rebuilt from the pickled storages without torch, the feature count is the
+input width of the first 2-D weight, and ``model.safetensors`` loads into a freshly built network.
+
 A refused or unreadable pickle is not raised: it is returned as ``kind="unreadable"`` with the typed
-error's code and message in ``feature_count_reason``, so the caller can still publish an incomplete bundle.
+error's code and message in ``feature_count_reason``, so the caller can still publish an incomplete bundle;
+so is a torch network whose tensors are forged or truncated (:class:`TorchWeightError`).
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from rd_assets.artifact_models import ModelIntrospection
-from rd_assets.errors import RdAssetsError
+from rd_assets.artifact_models import ModelIntrospection, TensorSpec
+from rd_assets.errors import RdAssetsError, TorchWeightError
+from rd_assets.torch_state import export_safetensors, read_torch_state
 from rd_assets.trace import attr
 from rd_assets.unpickler import class_path, safe_loads
 
@@ -28,10 +34,11 @@ _WRAPPER_ATTRS = ("model", "_Booster")
 
 @dataclass(frozen=True)
 class ModelExport:
-    """What the weight is, plus ``model.txt`` text when it is a LightGBM model (else ``None``)."""
+    """What the weight is, plus ``model.txt`` (LightGBM) or ``model.safetensors`` (torch) bytes, else ``None``."""
 
     introspection: ModelIntrospection
     model_txt: str | None
+    safetensors: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -79,8 +86,38 @@ def _parse_header(model_txt: str) -> _Header:
     return _Header(count, None, names, objective, num_trees)
 
 
+def _torch_or_other(obj: Any, path: str) -> ModelExport:
+    """A torch network's state and safetensors export; ``kind="other"`` when ``obj`` holds no network."""
+    try:
+        state = read_torch_state(obj)
+        blob = export_safetensors(state) if state is not None else None
+    except TorchWeightError as exc:
+        unreadable = ModelIntrospection(
+            class_path=path, kind="unreadable", feature_count=None, feature_count_reason=str(exc)
+        )
+        return ModelExport(unreadable, None)
+    if state is None or blob is None:
+        reason = f"model class {path} is not LightGBM and holds no torch network; its feature count is not readable"
+        return ModelExport(
+            ModelIntrospection(class_path=path, kind="other", feature_count=None, feature_count_reason=reason), None
+        )
+    info = ModelIntrospection(
+        class_path=path,
+        kind="torch",
+        feature_count=state.feature_count,
+        feature_count_reason=state.feature_count_reason,
+        network_class=state.network_class,
+        first_layer_key=state.first_layer_key,
+        first_layer_shape=list(state.first_layer_shape) if state.first_layer_shape is not None else None,
+        tensors=[TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape)) for t in state.tensors],
+        wrapper_kwargs=state.wrapper_kwargs,
+        safetensors_sha256=hashlib.sha256(blob).hexdigest(),
+    )
+    return ModelExport(info, None, blob)
+
+
 def introspect_model(data: bytes) -> ModelExport:
-    """Unpickle ``data`` inertly; for LightGBM read count, names, objective and trees from its model string."""
+    """Unpickle ``data`` inertly; read a LightGBM model string or a torch network's state, else say why not."""
     try:
         obj = safe_loads(data, path="model weight")
     except RdAssetsError as exc:
@@ -91,10 +128,7 @@ def introspect_model(data: bytes) -> ModelExport:
     path = class_path(obj) or type(obj).__name__
     booster = _find_booster(obj)
     if booster is None:
-        reason = f"model class {path} is not LightGBM; its feature count is not readable without importing it"
-        return ModelExport(
-            ModelIntrospection(class_path=path, kind="other", feature_count=None, feature_count_reason=reason), None
-        )
+        return _torch_or_other(obj, path)
     model_txt = next((attr(booster, k) for k in _BOOSTER_STATE_KEYS if isinstance(attr(booster, k), str)), None)
     if model_txt is None or not model_txt.startswith("tree"):
         reason = f"the {BOOSTER_CLASS} inside {path} carries no LightGBM model string (untrained or foreign state)"

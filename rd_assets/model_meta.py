@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rd_assets.artifact_models import ModelMeta
+from rd_assets.artifact_models import ModelIntrospection, ModelMeta
 from rd_assets.models import SotaFactorExperiment
 from rd_assets.qlib_config import (
     dataset_spec,
@@ -44,10 +44,23 @@ def _label(loader_kwargs: dict[str, Any], handler: dict[str, Any]) -> list[Any] 
     return _list(handler.get("label"))
 
 
-def build_model_meta(anchor: SotaFactorExperiment, *, weight_class_path: str | None) -> ModelMeta:
+def _trained(model: ModelIntrospection | None, anchor: SotaFactorExperiment) -> dict[str, Any]:
+    """What the weight itself says about a torch network (its class, the kwargs it was trained with)."""
+    if model is None or model.kind != "torch":
+        return {}
+    return {
+        "network_class": model.network_class,
+        "trained_model_kwargs": model.wrapper_kwargs,
+        "model_py_source": anchor.model_py_source if anchor.model_py is not None else None,
+    }
+
+
+def build_model_meta(anchor: SotaFactorExperiment, *, model: ModelIntrospection | None) -> ModelMeta:
     """Model, dataset, handler, loader, processors and label of the config the anchor ran."""
+    weight_class_path = model.class_path if model is not None else None
     decision = decide_config(anchor, weight_class_path=weight_class_path)
     config, problem = parse_config(decision)
+    trained = _trained(model, anchor)
     if config is None:
         return ModelMeta(
             task_id=anchor.task_id,
@@ -55,6 +68,7 @@ def build_model_meta(anchor: SotaFactorExperiment, *, weight_class_path: str | N
             config_reason=decision.reason,
             config_unresolved_reason=problem,
             weight_class_path=weight_class_path,
+            **trained,
         )
     model = _dict((_dict(config.get("task")) or {}).get("model")) or {}
     dataset = dataset_spec(config)
@@ -78,4 +92,5 @@ def build_model_meta(anchor: SotaFactorExperiment, *, weight_class_path: str | N
         infer_processors=_list(handler.get("infer_processors")),
         label=_label(loader_kwargs, handler),
         weight_class_path=weight_class_path,
+        **trained,
     )

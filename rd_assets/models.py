@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+"""1.1: torch exports, model.py, loader order rule, alpha source, warnings (additive to 1.0)."""
 
 
 class Contract(BaseModel):
@@ -21,7 +22,7 @@ class Contract(BaseModel):
 
 
 class Document(Contract):
-    schema_version: Literal["1.0"] = SCHEMA_VERSION
+    schema_version: Literal["1.1"] = SCHEMA_VERSION
 
 
 class ErrorInfo(Contract):
@@ -122,6 +123,16 @@ class SotaFactorExperiment(Document):
     )
     sota_factors: list[FactorRecord]
     task_run_id: str | None = None
+    base_features: dict[str, str] | None = Field(
+        None, description="the anchor's base_features (alpha names -> expressions, insertion order), when it has them"
+    )
+    base_features_problem: str | None = Field(None, description="why a present base_features cannot be used")
+    sota_model_hist_index: int | None = Field(
+        None, description="hist index of the last accepted model experiment among based_experiments"
+    )
+    model_py: str | None = Field(None, description="the network source the sota_model config imported (model.py)")
+    model_py_source: str | None = Field(None, description="where model_py was found in the session")
+    model_py_problem: str | None = Field(None, description="why model_py is absent although a model experiment ran")
 
 
 class InspectResult(Document):

@@ -50,18 +50,19 @@ class PathMap:
 
     @classmethod
     def parse(cls, specs: list[str]) -> PathMap:
-        """Rules from ``["FROM=TO", ...]`` (split at the first ``=``); both sides must be absolute."""
+        """Rules from ``["FROM=TO", ...]`` (split at the first ``=``); FROM must be absolute, a relative TO is
+        resolved against the current directory (so ``--path-map X=./workspaces`` means what it says)."""
         rules = []
         for spec in specs:
             source, sep, target = spec.partition("=")
             key = location_key(source.strip())
-            if not sep or key is None or not target.strip() or not Path(target.strip()).is_absolute():
-                raise InvalidPathMapError(f"path map rule {spec!r} is not FROM=TO with two absolute paths")
-            rules.append(PathRule(source.strip(), Path(target.strip()), key))
+            if not sep or key is None or not target.strip():
+                raise InvalidPathMapError(f"path map rule {spec!r} is not FROM=TO with an absolute FROM")
+            rules.append(PathRule(source.strip(), Path(target.strip()).absolute(), key))
         return cls(tuple(rules))
 
-    def map(self, pickled_path_text: str) -> Path | None:
-        """Where ``pickled_path_text`` is on this machine, or ``None`` when no rule can say."""
+    def rule_for(self, pickled_path_text: str) -> PathRule | None:
+        """The rule :meth:`map` applies to ``pickled_path_text`` (the longest matching FROM), if any."""
         key = location_key(pickled_path_text)
         if key is None or ".." in key:
             return None
@@ -69,6 +70,27 @@ class PathMap:
         for rule in self.rules:
             if key[: len(rule.key)] == rule.key and (best is None or len(rule.key) > len(best.key)):
                 best = rule
+        return best
+
+    def explain_rule(self, pickled_path_text: str) -> str:
+        """Which rule mapped the path, or that none matched (for a not-found reason)."""
+        rule = self.rule_for(pickled_path_text)
+        if rule is not None:
+            return f"mapped by the path-map rule {rule.source}={rule.target}"
+        given = ", ".join(f"{r.source}={r.target}" for r in self.rules) or "none given"
+        return f"no path-map rule matched (--path-map / RD_ASSETS_PATH_MAP: {given}), so the path was used as is"
+
+    def unused_rules(self, pickled_paths: list[str]) -> list[PathRule]:
+        """Rules that match none of ``pickled_paths`` (a typo in FROM is the usual cause)."""
+        used = {id(rule) for p in pickled_paths if (rule := self.rule_for(p)) is not None}
+        return [rule for rule in self.rules if id(rule) not in used]
+
+    def map(self, pickled_path_text: str) -> Path | None:
+        """Where ``pickled_path_text`` is on this machine, or ``None`` when no rule can say."""
+        key = location_key(pickled_path_text)
+        if key is None or ".." in key:
+            return None
+        best = self.rule_for(pickled_path_text)
         if best is not None:
             return best.target.joinpath(*key[len(best.key) :])
         if pickled_path_text.startswith("/"):

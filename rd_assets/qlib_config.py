@@ -1,14 +1,14 @@
 """Which qlib config the anchor ran, and a YAML reader that tolerates rdagent's Jinja templates.
 
-DESIGN.md section 1 gives the rule: ``conf_baseline.yaml`` when ``based_experiments`` holds only the
-placeholder; ``conf_combined_factors_sota_model.yaml`` when an accepted model experiment is among them;
-else ``conf_combined_factors_dynamic.yaml`` (upstream name ``conf_combined_factors.yaml``).
+DESIGN.md section 1 gives the runner's rule (rdagent's ``QlibFactorRunner.develop``): ``conf_baseline.yaml``
+only when ``based_experiments`` is EMPTY; ``conf_combined_factors_sota_model.yaml`` when an accepted model
+experiment is among them; else ``conf_combined_factors_dynamic.yaml`` (the fork) or ``conf_combined_factors.yaml``
+(upstream). The first accepted factor experiment (``based_experiments == [placeholder]``) therefore runs a
+combined config on the alpha features plus its own parquet columns.
 
-The persisted weight can contradict the rule: genuine runs keep an accepted model experiment in
-``based_experiments`` yet persist a LightGBM ``LGBModel`` although the sota_model template declares a torch
-``GeneralPTNN``. The weight proves which model was trained, so a contradicted choice is replaced by the
-LightGBM config of the combined-factors family, and the reason records both the rule's choice and the
-evidence. Without a weight the rule's answer stands.
+The persisted weight's class must be the one the chosen config declares (``task.model``). A contradiction
+means the weight was not produced by that config; nothing else is guessed in its place: no config is
+trusted and the reason names both.
 """
 
 from __future__ import annotations
@@ -113,11 +113,11 @@ def _model_matches(declared: str, weight_class_path: str) -> bool:
 def _rule_choice(anchor: SotaFactorExperiment) -> tuple[str, str]:
     kinds = [b.kind for b in anchor.based_experiments]
     listed = ", ".join(f"[{b.based_index}] {b.kind}" for b in anchor.based_experiments) or "none"
-    if all(k == "placeholder" for k in kinds):
-        return BASELINE, f"based_experiments hold only the placeholder ({listed})"
+    if not kinds:
+        return BASELINE, "based_experiments is empty (the placeholder's own baseline run)"
     if "model" in kinds:
         return SOTA_MODEL, f"an accepted model experiment is among based_experiments ({listed})"
-    return _combined_family(anchor), f"based_experiments hold factor experiments and no model experiment ({listed})"
+    return _combined_family(anchor), f"based_experiments hold no model experiment ({listed})"
 
 
 def _combined_family(anchor: SotaFactorExperiment) -> str:
@@ -125,13 +125,13 @@ def _combined_family(anchor: SotaFactorExperiment) -> str:
 
 
 def decide_config(anchor: SotaFactorExperiment, *, weight_class_path: str | None) -> ConfigDecision:
-    """Apply the rule, then check it against the persisted weight's class (see module docstring)."""
+    """Apply the runner's rule, then confirm it with the persisted weight's class (see module docstring)."""
     files = anchor.experiment_workspace_yaml
     name, why = _rule_choice(anchor)
     reason = f"rule: {name} because {why}"
     text = files.get(name)
     if text is None:
-        return ConfigDecision(name, f"{reason}; {name} is not in experiment_workspace.file_dict", None)
+        return ConfigDecision(None, f"{reason}; but {name} is not in experiment_workspace.file_dict", None)
     if weight_class_path is None:
         return ConfigDecision(name, f"{reason}; no persisted weight to check it against", text)
     declared = declared_model_class(text)
@@ -139,25 +139,10 @@ def decide_config(anchor: SotaFactorExperiment, *, weight_class_path: str | None
         return ConfigDecision(name, f"{reason}; its task.model class ({declared}) cannot be checked", text)
     if _model_matches(declared, weight_class_path):
         return ConfigDecision(name, f"{reason}; it declares {declared}, matching the weight", text)
-    evidence = f"{name} declares task.model {declared} but the persisted weight is {weight_class_path}"
-    fallback = _combined_family(anchor)
-    fallback_text = files.get(fallback)
-    fallback_declared = declared_model_class(fallback_text) if fallback_text is not None else None
-    if (
-        fallback != name
-        and fallback_declared is not None
-        and not is_placeholder(fallback_declared)
-        and _model_matches(fallback_declared, weight_class_path)
-    ):
-        return ConfigDecision(
-            fallback,
-            f"{reason}; overridden: {evidence}, so that config did not produce it; "
-            f"{fallback} declares {fallback_declared}, matching the weight",
-            fallback_text,
-        )
     return ConfigDecision(
         None,
-        f"{reason}; but {evidence}, and {fallback} (declares {fallback_declared}) does not match it either",
+        f"{reason}; but {name} declares task.model {declared} while the persisted weight is {weight_class_path}: "
+        "the weight was not trained by that config, so no config is trusted",
         None,
     )
 

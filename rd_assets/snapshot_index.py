@@ -15,7 +15,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-INDEX_FORMAT = "3"
+INDEX_FORMAT = "4"
 ENV_INDEX_PATH = "RD_ASSETS_INDEX"
 
 
@@ -27,11 +27,13 @@ def default_index_path() -> Path:
     return cache / "rd-assets" / "snapshot-index.sqlite3"
 
 
-def key_fingerprint(signing_key: str | bytes | None) -> str:
+def key_fingerprint(signing_key: str | bytes | None, *, require_signature: bool = False) -> str:
+    """Cache-key part for the signature policy: a summary read under another key or policy is not reused."""
+    policy = "+required" if require_signature else ""
     if signing_key is None:
-        return "-"
+        return "-" + policy
     raw = signing_key.encode() if isinstance(signing_key, str) else signing_key
-    return hashlib.sha256(b"rd-assets-index:" + raw).hexdigest()[:16]
+    return hashlib.sha256(b"rd-assets-index:" + raw).hexdigest()[:16] + policy
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ Only ``__session__/<int>/<int>_<name>`` regular files are considered (symlinks a
 nothing else under the log dir is opened or listed. A file that is truncated, unreadable, refused or
 badly signed is skipped with its reason; the rest still count.
 
+Backups (``3_feedback.bak`` and the like, left by the fork's re-save) are not snapshots: they are listed as
+skipped without being opened. With ``RD_ASSETS_REQUIRE_SIGNATURE=1`` a plain or unverifiable file is refused
+from its header, before a byte of it is unpickled.
+
 Tie rule: among snapshots with the same longest hist, the one with the highest (loop_idx, step_idx)
 wins (the most recent state of that timeline); all tied relpaths are reported.
 
@@ -26,19 +30,33 @@ from rd_assets.errors import (
     InvalidLogDirError,
     NoReadableSnapshotError,
     NoSnapshotError,
-    SignatureMismatchError,
+    RdAssetsError,
+    SignatureUnverifiedError,
     UnreadableSnapshotError,
-    UnsafePickleError,
+    UnsignedSnapshotError,
 )
 from rd_assets.models import ErrorInfo, SnapshotCandidate, SnapshotSelection
 from rd_assets.snapshot_index import FileKey, SnapshotIndex, key_fingerprint
 from rd_assets.trace import hist_of
-from rd_assets.unpickler import LoadedSession, class_path, load_session_file
+from rd_assets.unpickler import SIGNED_MAGIC, LoadedSession, class_path, load_session_file
 
 SESSION_DIR = "__session__"
 TIE_RULE = "longest trace.hist; ties broken by the highest (loop_idx, step_idx)"
 _STEP_RE = re.compile(r"^(\d+)_(.+)$")
 _RELPATH_RE = re.compile(rf"^{SESSION_DIR}/(\d+)/(\d+)_([^/]+)$")
+_BACKUP_RE = re.compile(r"\.(bak|backup)[\w.-]*$", re.IGNORECASE)
+SKIPPED_BACKUP = "skipped_backup"
+ENV_REQUIRE_SIGNATURE = "RD_ASSETS_REQUIRE_SIGNATURE"
+
+
+def signature_required() -> bool:
+    """``RD_ASSETS_REQUIRE_SIGNATURE=1`` (or true/yes): refuse session files that are not verified."""
+    return os.environ.get(ENV_REQUIRE_SIGNATURE, "").strip().lower() in {"1", "true", "yes"}
+
+
+def is_backup(step_name: str) -> bool:
+    return bool(_BACKUP_RE.search(step_name))
+
 
 Progress = Callable[[int, int, str], None]
 
@@ -92,7 +110,8 @@ def discover(log_dir: Path, *, access: AccessLog | None = None) -> list[Snapshot
 
 
 def file_key(log_dir: Path, snap: SnapshotFile, signing_key: str | bytes | None) -> FileKey:
-    return FileKey(str(log_dir), snap.relpath, snap.size, snap.mtime_ns, key_fingerprint(signing_key))
+    key_fp = key_fingerprint(signing_key, require_signature=signature_required())
+    return FileKey(str(log_dir), snap.relpath, snap.size, snap.mtime_ns, key_fp)
 
 
 def _candidate(snap: SnapshotFile, **fields: Any) -> SnapshotCandidate:
@@ -111,12 +130,17 @@ def read_candidate(
     snap: SnapshotFile, *, signing_key: str | bytes | None, access: AccessLog | None = None
 ) -> tuple[SnapshotCandidate, LoadedSession | None]:
     """Unpickle one snapshot; a failure becomes the candidate's ``error`` instead of an exception."""
+    if is_backup(snap.step_name):
+        why = "a backup copy (.bak) left by a re-save is not a snapshot; not opened"
+        return _candidate(snap, error=ErrorInfo(code=SKIPPED_BACKUP, message=why, path=snap.relpath)), None
     if access:
         access.opened(snap.path)
     try:
+        if signature_required():
+            _refuse_unverifiable(snap, signing_key)
         loaded = load_session_file(snap.path, signing_key=signing_key, display=snap.relpath)
         hist = hist_of(loaded.obj, path=snap.relpath)
-    except (UnsafePickleError, UnreadableSnapshotError, SignatureMismatchError) as exc:
+    except RdAssetsError as exc:  # unsafe, unreadable, badly signed or unsigned under the policy
         return _candidate(snap, error=ErrorInfo(code=exc.code, message=exc.message, path=snap.relpath)), None
     return (
         _candidate(
@@ -128,6 +152,35 @@ def read_candidate(
         ),
         loaded,
     )
+
+
+def _refuse_unverifiable(snap: SnapshotFile, signing_key: str | bytes | None) -> None:
+    """Under ``RD_ASSETS_REQUIRE_SIGNATURE``: refuse from the header alone, before anything is unpickled."""
+    try:
+        with open(snap.path, "rb") as fh:
+            head = fh.read(len(SIGNED_MAGIC))
+    except OSError as exc:
+        raise UnreadableSnapshotError(f"cannot read file ({exc.strerror or exc})", path=snap.relpath) from exc
+    if head != SIGNED_MAGIC:
+        raise UnsignedSnapshotError(f"a plain pickle, and {ENV_REQUIRE_SIGNATURE} is set", path=snap.relpath)
+    if signing_key is None:
+        raise SignatureUnverifiedError(
+            f"signed, but no RD_ASSETS_SIGNING_KEY is configured to verify it, and {ENV_REQUIRE_SIGNATURE} is set",
+            path=snap.relpath,
+        )
+
+
+def newer_unreadable(selection: SnapshotSelection) -> list[ErrorInfo]:
+    """Skipped candidates newer than the chosen one (RD-Agent may still be writing them), backups aside.
+
+    The chosen state may then be stale: the bundle is published (so the state is visible) but not ready.
+    """
+    chosen = (selection.chosen_loop_idx, selection.chosen_step_idx)
+    return [
+        c.error
+        for c in selection.candidates
+        if c.error is not None and c.error.code != SKIPPED_BACKUP and (c.loop_idx, c.step_idx) > chosen
+    ]
 
 
 @dataclass

@@ -168,6 +168,41 @@ def _hypothesis_text(exp: Any) -> str | None:
     return _text(attr(hypothesis, "hypothesis")) or _text(hypothesis)
 
 
+def _base_features(anchor: Any, anchor_index: int) -> tuple[dict[str, str] | None, str | None]:
+    """The anchor's ``base_features`` (names -> expressions) when it is a plain ``str -> str`` dict."""
+    state = getattr(anchor, "__dict__", None)
+    if not isinstance(state, dict) or "base_features" not in state or state["base_features"] is None:
+        return None, None
+    value = state["base_features"]
+    where = f"trace.hist[{anchor_index}][0].base_features"
+    if not isinstance(value, dict) or not value:
+        return None, f"{where} is a {type(value).__name__}, not a non-empty dict of names -> expressions"
+    if not all(type(k) is str and type(v) is str for k, v in value.items()):
+        return None, f"{where} holds keys or values that are not strings"
+    return dict(value), None
+
+
+def _model_py(anchor: Any, anchor_index: int, model_exp: Any, model_hist: int | None) -> tuple[str | None, str, str]:
+    """The ``model.py`` the sota_model config imported: the copy the runner injected into the anchor's workspace.
+
+    Returns ``(text, source, problem)``; the model experiment's own copy is the fallback and the cross-check.
+    """
+    injected = _file_dict(attr(anchor, "experiment_workspace")).get("model.py")
+    where_injected = f"trace.hist[{anchor_index}][0].experiment_workspace.file_dict['model.py']"
+    own = [
+        (f"trace.hist[{model_hist}][0].sub_workspace_list[{i}].file_dict['model.py']", code)
+        for i, ws in enumerate(attr(model_exp, "sub_workspace_list") or [])
+        if isinstance(code := _file_dict(ws).get("model.py"), str)
+    ]
+    if isinstance(injected, str):
+        if own and own[0][1] != injected:
+            return injected, where_injected, f"differs from {own[0][0]}; the injected copy is the one qrun imported"
+        return injected, where_injected, ""
+    if own:
+        return own[0][1], own[0][0], ""
+    return None, "", f"neither {where_injected} nor the model experiment trace.hist[{model_hist}] holds model.py text"
+
+
 def interpret_trace(loop: Any, *, task_id: str, chosen_snapshot: str) -> SotaFactorExperiment:
     """Everything downstream needs from the chosen snapshot, as one pydantic document."""
     hist = hist_of(loop, path=chosen_snapshot)
@@ -176,8 +211,11 @@ def interpret_trace(loop: Any, *, task_id: str, chosen_snapshot: str) -> SotaFac
 
     based_refs: list[BasedExperimentRef] = []
     factors: list[FactorRecord] = []
+    model_exp: Any = None
     for b, based in enumerate(attr(anchor, "based_experiments") or []):
         kind = _based_kind(based)
+        if kind == "model":
+            model_exp = based
         own = (
             _factor_records(based, hist_index=hist_positions.get(id(based)), based_index=b) if kind == "factor" else []
         )
@@ -207,6 +245,11 @@ def interpret_trace(loop: Any, *, task_id: str, chosen_snapshot: str) -> SotaFac
     exp_files = _file_dict(exp_ws)
     metrics, metrics_reason = experiment_metrics(anchor)
     run_id = attr(loop, "task_run_id")
+    base_features, base_problem = _base_features(anchor, anchor_index)
+    model_hist = hist_positions.get(id(model_exp)) if model_exp is not None else None
+    model_py, model_py_source, model_py_problem = (
+        _model_py(anchor, anchor_index, model_exp, model_hist) if model_exp is not None else (None, "", "")
+    )
     return SotaFactorExperiment(
         task_id=task_id,
         chosen_snapshot=chosen_snapshot,
@@ -227,6 +270,12 @@ def interpret_trace(loop: Any, *, task_id: str, chosen_snapshot: str) -> SotaFac
         },
         sota_factors=_dedup_keep_last(factors),
         task_run_id=run_id if isinstance(run_id, str) else None,
+        base_features=base_features,
+        base_features_problem=base_problem,
+        sota_model_hist_index=model_hist,
+        model_py=model_py,
+        model_py_source=model_py_source or None,
+        model_py_problem=model_py_problem or None,
     )
 
 

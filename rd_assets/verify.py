@@ -20,6 +20,7 @@ from rd_assets.bundle_models import (
     FACTOR_ORDER,
     MANIFEST,
     MODEL_META,
+    MODEL_SAFETENSORS,
     MODEL_TXT,
     SOTA_FACTORS,
     ExtractReport,
@@ -29,6 +30,7 @@ from rd_assets.bundle_models import (
 )
 from rd_assets.bundle_store import current_version_dir
 from rd_assets.errors import BundleIntegrityError, RdAssetsError
+from rd_assets.order_rules import combine_order
 from rd_assets.task_ids import is_task_id
 
 DOCUMENTS: dict[str, type[BaseModel]] = {
@@ -106,8 +108,11 @@ def _parse_documents(found: dict[str, bytes], problems: list[str]) -> dict[str, 
 def _check_order(order: FactorOrder, report: ExtractReport | None, problems: list[str]) -> None:
     """Recompute the alignment from the lists themselves; never trust the stored flags."""
     alpha, dynamic, full = order.alpha158_factors, order.dynamic_factors, order.model_input_order
-    if full is not None and (alpha is None or dynamic is None or full != [*alpha, *dynamic]):
-        problems.append(f"{FACTOR_ORDER}: model_input_order is not alpha158_factors + dynamic_factors")
+    rule = order.model_input_order_rule
+    if full is not None and (
+        alpha is None or dynamic is None or rule is None or full != combine_order(rule, alpha, dynamic)
+    ):
+        problems.append(f"{FACTOR_ORDER}: model_input_order is not what {rule} makes of alpha158 + dynamic factors")
     for label, values, count in (
         ("alpha158", alpha, order.alpha158_count),
         ("dynamic", dynamic, order.dynamic_count),
@@ -135,6 +140,32 @@ def _check_model_txt(found: dict[str, bytes], order: FactorOrder | None, report:
     if model is not None and model.model_txt_sha256 != sha256_hex(found[MODEL_TXT]):
         return [f"{MODEL_TXT}: sha256 differs from the report's model_txt_sha256"]
     return []
+
+
+def _check_safetensors(data: bytes, order: FactorOrder | None, report: ExtractReport | None) -> tuple[list[str], str]:
+    """Parse ``model.safetensors`` with the safetensors library and compare it with the report and the order."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    model = report.model if report else None
+    if model is None or model.safetensors_sha256 != sha256_hex(data):
+        return [f"{MODEL_SAFETENSORS}: sha256 differs from the report's safetensors_sha256"], "safetensors not checked"
+    try:
+        arrays = load(data)
+    except (SafetensorError, ValueError) as exc:
+        return [f"{MODEL_SAFETENSORS}: safetensors cannot parse it: {exc}"], "safetensors parse failed"
+    problems = []
+    want = {t.name: t.shape for t in model.tensors or []}
+    got = {name: list(array.shape) for name, array in arrays.items()}
+    if got != want:
+        problems.append(f"{MODEL_SAFETENSORS}: tensor names/shapes differ from the report's state_dict")
+    first = got.get(model.first_layer_key or "")
+    count = order.model_input_count if order else None
+    if first is None or len(first) != 2 or (count is not None and first[1] != count):
+        problems.append(
+            f"{MODEL_SAFETENSORS}: first layer {model.first_layer_key} {first} does not take {count} inputs"
+        )
+    return problems, f"{MODEL_SAFETENSORS} parsed: {len(got)} tensors, first layer {model.first_layer_key} {first}"
 
 
 def _load_model_txt(text: bytes, order: FactorOrder | None) -> tuple[list[str], str]:
@@ -223,6 +254,10 @@ def verify_bundle(bundle_dir: Path) -> VerifyReport:
             problems += _check_model_txt(found, order, report)
             load_problems, note = _load_model_txt(found[MODEL_TXT], order)
             problems += load_problems
+            notes.append(note)
+        if MODEL_SAFETENSORS in found:
+            st_problems, note = _check_safetensors(found[MODEL_SAFETENSORS], order, report)
+            problems += st_problems
             notes.append(note)
     return VerifyReport(
         bundle_dir=str(bundle_dir),

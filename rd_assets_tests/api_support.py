@@ -24,24 +24,27 @@ from rd_assets.bundle import BundleContent, content_hash, file_entries, json_byt
 from rd_assets.bundle_models import MANIFEST
 from rd_assets.extract import extract_task
 from rd_assets.path_map import PathMap
-from rd_assets.samples import SAMPLE_PATH_MAP, SAMPLES_DIR
+from rd_assets.samples import PLAIN_TASK, SAMPLE_PATH_MAP, SAMPLE_SIGNING_KEY, SAMPLE_TASKS, SAMPLES_DIR, SIGNED_TASK
 from rd_assets.snapshot_index import SnapshotIndex
 
+__all__ = ["PLAIN_TASK", "SAMPLE_SIGNING_KEY", "SAMPLE_TASKS", "SIGNED_TASK"]
+
 SAMPLES = SAMPLES_DIR
-PLAIN_TASK = "2026-03-02_09-15-27-118204"
-SIGNED_TASK = "2026-03-05_14-02-51-730915"
-SAMPLE_SIGNING_KEY = "rdgen-sample-signing-key-0123456789abcdef"
 PATH_MAP = PathMap.parse([SAMPLE_PATH_MAP])
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RD_ASSETS = REPO_ROOT / ".venv" / "bin" / "rd-assets"
 
 
 def extract_samples(store: Path) -> dict[str, BundleContent]:
-    """Publish both genuine sample tasks into ``store``; returns each task's published content."""
+    """Publish every genuine sample task into ``store``; returns each task's published content."""
     contents = {}
-    for task_id, key in ((PLAIN_TASK, None), (SIGNED_TASK, SAMPLE_SIGNING_KEY)):
+    for task_id in SAMPLE_TASKS:
         outcome = extract_task(
-            SAMPLES / "log" / task_id, store=store, path_map=PATH_MAP, index=SnapshotIndex(None), signing_key=key
+            SAMPLES / "log" / task_id,
+            store=store,
+            path_map=PATH_MAP,
+            index=SnapshotIndex(None),
+            signing_key=SAMPLE_SIGNING_KEY,
         )
         contents[task_id] = outcome.content
     return contents

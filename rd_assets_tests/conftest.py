@@ -10,14 +10,13 @@ from typing import Any
 
 import pytest
 
-from rd_assets.samples import SAMPLES_DIR
+from rd_assets.samples import FIRST_ANCHOR_TASK, PLAIN_TASK, SAMPLE_TASKS, SAMPLES_DIR, SIGNED_TASK
 from rd_assets.snapshot_index import SnapshotIndex
+
+__all__ = ["FIRST_ANCHOR_TASK", "PLAIN_TASK", "SAMPLE_TASKS", "SIGNED_TASK"]
 
 SAMPLES = SAMPLES_DIR
 SAMPLE_LOGS = SAMPLES / "log"
-PLAIN_TASK = "2026-03-02_09-15-27-118204"
-SIGNED_TASK = "2026-03-05_14-02-51-730915"
-SAMPLE_TASKS = (PLAIN_TASK, SIGNED_TASK)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 

@@ -526,6 +526,10 @@ class ExperimentSpec:
     padding_bytes: int = 0
     """Size of an opaque blob stored as the workspace checkpoint (``ws_ckp``), to make big snapshots."""
     hypothesis: str | None = None
+    base_features: dict[str, str] | None = None
+    """rdagent 1.0's ``exp.base_features`` (alpha names -> expressions); absent when ``None``."""
+    no_based: bool = False
+    """``based_experiments == []`` (the placeholder's own baseline run) instead of placeholder + accepted."""
 
     def class_path(self) -> str:
         module = self.module or ("factor_experiment" if self.kind == "factor" else "model_experiment")
@@ -660,6 +664,8 @@ def build_experiment(spec: ExperimentSpec, *, position: int, based_experiments: 
         "sub_results": {},
         "stdout": "",
     }
+    if spec.base_features is not None:
+        attrs["base_features"] = dict(spec.base_features)
     if spec.legacy_result:
         attrs["result"] = result
     else:
@@ -704,6 +710,7 @@ def build_hist(hist_specs: Sequence[ExperimentSpec]) -> list[tuple[Any, Any]]:
     hist: list[tuple[Any, Any]] = []
     for position, spec in enumerate(hist_specs):
         based = [placeholder_experiment()] + [exp for exp, fb in hist if fb.__dict__["decision"] is True]
+        based = [] if spec.no_based else based
         hist.append((build_experiment(spec, position=position, based_experiments=based), build_feedback(spec.decision)))
     return hist
 

@@ -18,8 +18,9 @@ from rd_assets.bundle import BundleContent, json_bytes
 from rd_assets.bundle_models import MANIFEST
 from rd_assets.bundle_store import publish_bundle
 from rd_assets.errors import BundleIntegrityError
+from rd_assets.models import SCHEMA_VERSION
 from rd_assets.verify import verify_bundle
-from rd_assets_tests.api_support import PLAIN_TASK, SIGNED_TASK, extract_samples, with_weight
+from rd_assets_tests.api_support import PLAIN_TASK, SAMPLE_TASKS, SIGNED_TASK, extract_samples, with_weight
 from rd_assets_tests.conftest import expected_for
 
 TASKS = (PLAIN_TASK, SIGNED_TASK)
@@ -84,7 +85,7 @@ def test_health(client: TestClient) -> None:
 def test_tasks_newest_first_with_summaries_and_paging(client: TestClient, published: Published) -> None:
     store, contents = published
     body = client.get("/tasks").json()
-    assert body["schema_version"] == "1.0" and body["total"] == 2 and body["problems"] == []
+    assert body["schema_version"] == SCHEMA_VERSION and body["total"] == len(SAMPLE_TASKS) and body["problems"] == []
     manifests = {t: json.loads(version_file(store, t, MANIFEST)) for t in TASKS}
     newest_first = sorted(TASKS, key=lambda t: (manifests[t]["generated_at_utc"], t), reverse=True)
     assert [row["task_id"] for row in body["tasks"]] == newest_first
@@ -302,7 +303,7 @@ def test_tampered_file_is_never_served_as_valid(tmp_path: Path, published: Publi
     assert client.get(url, params={"key": "model.pkl"}).status_code == 200
 
     order = version / "factor_order.json"
-    order.write_bytes(order.read_bytes().replace(b'"1.0"', b'"1.1"', 1))
+    order.write_bytes(order.read_bytes().replace(b'"1.1"', b'"9.9"', 1))
     weight = version / "model.pkl"
     data = bytearray(weight.read_bytes())
     data[100] ^= 0xFF

@@ -23,11 +23,10 @@ from rd_assets.io_managers import RdValueIOManager
 from rd_assets.partitions import RD_TASK_PARTITIONS_NAME
 from rd_assets.path_map import PathMap
 from rd_assets.resources import DEFAULT_PATH_MAP, BundleStore, RdLogRoot
-from rd_assets.samples import SAMPLES_DIR
+from rd_assets.samples import SAMPLE_TASKS, SAMPLES_DIR
 from rd_assets.snapshot_index import SnapshotIndex
 
 SAMPLES = SAMPLES_DIR
-SAMPLE_TASKS = ("2026-03-02_09-15-27-118204", "2026-03-05_14-02-51-730915")
 ASSET_NAMES = [
     "session_snapshot",
     "last_sota_factor_exp",

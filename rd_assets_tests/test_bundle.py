@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import pytest
@@ -22,15 +23,16 @@ from rd_assets.bundle_models import (
 from rd_assets.errors import BundleStoreError
 from rd_assets.extract import BundleParts
 from rd_assets.factor_code import FactorCodeSet
+from rd_assets.models import SCHEMA_VERSION
 from rd_assets_tests.bundle_testkit import sample_parts
-from rd_assets_tests.conftest import PLAIN_TASK, SIGNED_TASK, expected_for
+from rd_assets_tests.conftest import PLAIN_TASK, SAMPLE_TASKS, SIGNED_TASK, expected_for
 
 STAMP = "2026-03-02T10:00:00.000000Z"
 
 
 @pytest.fixture(scope="module")
 def parts() -> dict[str, BundleParts]:
-    return {task: sample_parts(task) for task in (PLAIN_TASK, SIGNED_TASK)}
+    return {task: sample_parts(task) for task in SAMPLE_TASKS}
 
 
 def test_json_files_are_canonical(parts: dict[str, BundleParts]) -> None:
@@ -39,7 +41,7 @@ def test_json_files_are_canonical(parts: dict[str, BundleParts]) -> None:
         if rel.endswith(".json"):
             doc = json.loads(data)
             assert data == (json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode(), rel
-            assert doc["schema_version"] == "1.0", rel
+            assert doc["schema_version"] == SCHEMA_VERSION, rel
 
 
 def test_only_the_manifest_depends_on_the_time(parts: dict[str, BundleParts]) -> None:
@@ -72,8 +74,16 @@ def test_weight_bytes_keep_their_own_name(parts: dict[str, BundleParts]) -> None
         anchor = content.manifest.sota_factor_anchor
         assert (anchor.resolved_model_weight_key, anchor.resolved_model_weight_source) == (key, "factor_exp")
         assert content.manifest.primary_assets["model_weight"] == key
-        assert content.manifest.primary_assets["model_txt"] == MODEL_TXT
-        assert content.files[MODEL_TXT].startswith(b"tree\n")
+        if expected["model_txt_expected"]:
+            assert content.manifest.primary_assets["model_txt"] == MODEL_TXT
+            assert content.files[MODEL_TXT].startswith(b"tree\n")
+            assert content.manifest.primary_assets["model_safetensors"] is None
+        else:
+            assert MODEL_TXT not in content.files and content.manifest.primary_assets["model_txt"] is None
+            assert content.manifest.primary_assets["model_safetensors"] == "model.safetensors"
+            assert content.manifest.primary_assets["model_py"] == "model.py"
+            model_py = hashlib.sha256(content.files["model.py"]).hexdigest()
+            assert model_py == expected["anchor_model_py_sha256"]
 
 
 def test_sota_factors_point_at_code_files_instead_of_embedding_code(parts: dict[str, BundleParts]) -> None:

@@ -21,11 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from rd_assets.samples import SAMPLES_DIR
+from rd_assets.samples import SAMPLE_TASKS, SAMPLES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = SAMPLES_DIR
-SAMPLE_TASKS = ["2026-03-02_09-15-27-118204", "2026-03-05_14-02-51-730915"]
 ASSETS = ["session_snapshot", "last_sota_factor_exp", "model_weight", "factor_order", "factor_code", "aistock_bundle"]
 GREEN_CHECKS = {
     "model_weight": {"model_weight_source_is_factor_exp"},

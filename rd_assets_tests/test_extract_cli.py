@@ -70,10 +70,12 @@ def test_extract_failure_exits_non_zero_with_the_code(tmp_path: Path, capsys: py
     )
 
 
-def test_missing_path_map_is_a_feature_count_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_path_map_is_factor_parquet_not_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_extract_args(SAMPLE_LOGS / PLAIN_TASK, tmp_path / "store")) != 0
     err = capsys.readouterr().err
-    assert err.startswith("error: feature_count_mismatch: model_input_order cannot be confirmed") and "not found" in err
+    assert err.startswith("error: factor_parquet_not_found: model_input_order cannot be confirmed")
+    assert "not found (pickled workspace_path '/mnt/f/Dev/RD-Agent-main/" in err
+    assert "no path-map rule matched (--path-map / RD_ASSETS_PATH_MAP: none given)" in err
 
 
 def test_bad_options_are_refused_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ import pytest
 from rd_assets.bundle_models import FACTOR_ORDER, MANIFEST, ExtractReport
 from rd_assets.errors import (
     BundleStoreError,
+    FactorParquetNotFoundError,
     FeatureCountMismatchError,
     NoSotaFactorExperimentError,
     RdAssetsError,
@@ -84,13 +85,14 @@ def test_weight_missing(tmp_path: Path) -> None:
 
 def test_parquet_missing(tmp_path: Path) -> None:
     task = generated_task(tmp_path, write_parquet=False)
-    err = _fails(task, tmp_path / "store", FeatureCountMismatchError)
-    assert err.code == "feature_count_mismatch" and "cannot be confirmed" in err.message
+    err = _fails(task, tmp_path / "store", FactorParquetNotFoundError)
+    assert err.code == "factor_parquet_not_found" and "cannot be confirmed" in err.message
     assert f"{task.parquet} not found" in err.message
     outcome = _not_ready(task, tmp_path / "store", "factor_order_not_aligned")
     order = load_json(tmp_path / "store" / GENERATED_TASK / FACTOR_ORDER)
     assert order["dynamic_factors"] is None and order["model_input_order"] is None
-    assert order["dynamic_unresolved_reason"] == f"{task.parquet} not found"
+    assert order["dynamic_unresolved_reason"].startswith(f"{task.parquet} not found (pickled workspace_path ")
+    assert order["unresolved_code"] == "factor_parquet_not_found"
     assert outcome.report.paths_opened_outside_session == [str(task.parquet)]
 
 

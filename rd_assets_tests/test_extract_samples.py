@@ -56,11 +56,22 @@ def test_sample_bundle_matches_the_expected_answers(tmp_path: Path, task: str) -
     order = FactorOrder.model_validate_json((bundle / FACTOR_ORDER).read_bytes())
     assert order.dynamic_factors == expected["dynamic_factors"]
     assert order.alpha158_factors == expected["alpha158_factors"]
-    assert order.model_input_order == expected["alpha158_factors"] + expected["dynamic_factors"]
+    assert order.model_input_order == expected["model_input_order"]
+    assert order.config_name == expected["executed_config"]
     assert order.model_feature_count == expected["model_feature_count"] and order.is_aligned
 
-    booster = lightgbm.Booster(model_file=str(bundle / MODEL_TXT))
-    assert booster.num_feature() == expected["model_feature_count"]
+    assert order.alpha158_source == expected["alpha158_factors_source"]
+    meta = load_json(bundle / "model_meta.json")
+    assert meta["weight_class_path"] == expected["model_class"] and meta["config_name"] == expected["executed_config"]
+    if expected["model_txt_expected"]:
+        booster = lightgbm.Booster(model_file=str(bundle / MODEL_TXT))
+        assert booster.num_feature() == expected["model_feature_count"]
+    else:
+        assert not (bundle / MODEL_TXT).exists()
+        assert meta["network_class"] == expected["model_network_class"]
+        assert sha256_hex((bundle / "model.py").read_bytes()) == expected["anchor_model_py_sha256"]
+        first = report.model.first_layer_shape if report.model else None
+        assert first == expected["model_first_layer_shape"]
     parquet = SAMPLES / "workspaces" / expected["anchor_parquet_relpath"]
     assert report.paths_opened_outside_session == [str(parquet)] and report.access_violations == []
 

@@ -29,10 +29,10 @@ def test_samples_give_one_file_per_factor_with_the_expected_code(task_id: str) -
         assert entry.relpath == f"factors/{factor['name']}.py"
         assert entry.defines_function
         assert hashlib.sha256(code.files[entry.relpath]).hexdigest() == factor["factor_py_sha256"] == entry.sha256
-    own = expected["factors"][-1]
-    assert hashlib.sha256(code.files["factor_entry.py"]).hexdigest() == own["factor_py_sha256"]
+    own = [f for f in expected["factors"] if f["hist_index"] == expected["last_sota_factor_index"]]
+    assert hashlib.sha256(code.files["factor_entry.py"]).hexdigest() == own[0]["factor_py_sha256"]
     assert code.index.resolved_factor_entry_key == "factor.py"
-    assert code.index.factor_file_dict_keys == ["factor.py"]
+    assert code.index.factor_file_dict_keys == ["factor.py", *(f"factor_{j}.py" for j in range(1, len(own)))]
     assert code.index.incomplete == []
     assert set(code.files) == {"factor_entry.py", *(f"factors/{n}.py" for n in expected["sota_factor_names"])}
 

@@ -12,13 +12,19 @@ import pytest
 
 from rd_assets.access_log import AccessLog
 from rd_assets.artifact_models import FactorOrder
-from rd_assets.errors import FeatureCountMismatchError
-from rd_assets.factor_order import ensure_aligned, resolve_factor_order
+from rd_assets.errors import (
+    AlphaNamesUnresolvedError,
+    ConfigUnresolvedError,
+    FactorParquetNotFoundError,
+    FeatureCountMismatchError,
+    UnknownDataLoaderError,
+)
+from rd_assets.factor_order import ensure_aligned, require_aligned, resolve_factor_order
 from rd_assets.models import SotaFactorExperiment
 from rd_assets.path_map import PathMap
 from rd_assets.qlib_config import ConfigParseError, load_template_yaml
 from rd_assets.reader import read_task
-from rd_assets.samples import SAMPLES_DIR
+from rd_assets.samples import SAMPLE_TASKS, SAMPLES_DIR, SIGNED_TASK
 from rd_assets.snapshot_index import SnapshotIndex
 from rd_assets.trace import interpret_trace
 from rd_assets.unpickler import safe_loads
@@ -36,7 +42,6 @@ from rd_assets_tests.rdagent_fixtures import (
 )
 
 SAMPLES = SAMPLES_DIR
-SAMPLE_TASKS = ["2026-03-02_09-15-27-118204", "2026-03-05_14-02-51-730915"]
 SAMPLE_MAP = PathMap.parse([f"{WSL_WORKSPACE_PREFIX}={SAMPLES / 'workspaces'}"])
 LGB = "qlib.contrib.model.gbdt.LGBModel"
 ALPHA_NAMES = [name for _, name in ALPHA158_20]
@@ -69,16 +74,19 @@ def test_samples_match_expected(task_id: str) -> None:
     order = resolve_factor_order(
         anchor,
         model_feature_count=expected["model_feature_count"],
-        weight_class_path=LGB,
+        weight_class_path=expected["model_class"],
         path_map=SAMPLE_MAP,
         access=access,
     )
 
     parquet = str(SAMPLES / "workspaces" / expected["anchor_parquet_relpath"])
-    assert order.config_name == "conf_combined_factors_dynamic.yaml"
+    assert order.config_name == expected["executed_config"]
     assert order.alpha158_factors == expected["alpha158_factors"]
+    assert order.alpha158_source == expected["alpha158_factors_source"]
     assert order.dynamic_factors == expected["dynamic_factors"]
-    assert order.model_input_order == expected["alpha158_factors"] + expected["dynamic_factors"]
+    assert order.model_input_order == expected["model_input_order"]
+    rule = "sorted_union" if "NestedDataLoader" in expected["model_input_order_rule"] else "alpha_then_parquet"
+    assert order.model_input_order_rule == rule
     assert order.model_input_count == order.model_feature_count == expected["model_feature_count"]
     assert order.is_aligned and order.alignment_reason is None
     assert order.dynamic_source == parquet
@@ -86,13 +94,28 @@ def test_samples_match_expected(task_id: str) -> None:
     ensure_aligned(order)
 
 
-def test_weight_overrides_the_sota_model_rule_and_says_so() -> None:
-    anchor = read_task(SAMPLES / "log" / SAMPLE_TASKS[1], index=SnapshotIndex(None)).anchor
+def test_a_weight_the_executed_config_does_not_declare_is_refused_not_guessed() -> None:
+    anchor = read_task(SAMPLES / "log" / SIGNED_TASK, index=SnapshotIndex(None)).anchor
     assert anchor is not None
     order = resolve_factor_order(anchor, model_feature_count=23, weight_class_path=LGB, path_map=SAMPLE_MAP)
-    assert order.config_name == "conf_combined_factors_dynamic.yaml"
+    assert order.config_name is None and order.model_input_order is None
     assert order.config_reason.startswith("rule: conf_combined_factors_sota_model.yaml because an accepted model")
-    assert "GeneralPTNN but the persisted weight is qlib.contrib.model.gbdt.LGBModel" in order.config_reason
+    assert "GeneralPTNN while the persisted weight is qlib.contrib.model.gbdt.LGBModel" in order.config_reason
+    assert order.unresolved_code == "config_unresolved"
+    with pytest.raises(ConfigUnresolvedError):
+        require_aligned(order)
+
+
+def test_the_first_accepted_experiment_runs_the_combined_config_not_the_baseline(tmp_path: Path) -> None:
+    """based_experiments == [placeholder]: alpha + its own parquet (22 features), never conf_baseline.yaml."""
+    hist = [ExperimentSpec(factors=[FactorSpec("Vol_5D"), FactorSpec("Mom_10D")]), ExperimentSpec(decision=False)]
+    write_combined_factors_parquet(workspace_dir(tmp_path, hist[0], 0), ["Vol_5D", "Mom_10D"])
+    anchor = anchor_of(hist)
+    assert [b.kind for b in anchor.based_experiments] == ["placeholder"]
+    order, _ = order_of(anchor, tmp_path, 22)
+    assert order.config_name == "conf_combined_factors_dynamic.yaml"
+    assert order.model_input_order == [*ALPHA_NAMES, "Vol_5D", "Mom_10D"]
+    assert order.is_aligned
 
 
 SOTA_MODEL_HIST = [
@@ -118,13 +141,13 @@ def test_without_a_weight_the_rule_stands_and_placeholder_names_stay_unresolved(
 def test_a_weight_no_candidate_config_declares_leaves_the_config_unresolved(tmp_path: Path) -> None:
     order, access = order_of(anchor_of(SOTA_MODEL_HIST), tmp_path, 22, weight="xgboost.sklearn.XGBRegressor")
     assert order.config_name is None
-    assert "does not match it either" in order.config_reason
+    assert "the weight was not trained by that config, so no config is trusted" in order.config_reason
     assert order.alpha158_factors is None and order.dynamic_factors is None
     assert access.opened_paths == []
 
 
 def test_baseline_reads_no_parquet(tmp_path: Path) -> None:
-    order, access = order_of(anchor_of([ExperimentSpec(factors=[FactorSpec("Vol_5D")])]), tmp_path, 20)
+    order, access = order_of(anchor_of([ExperimentSpec(factors=[FactorSpec("Vol_5D")], no_based=True)]), tmp_path, 20)
     assert order.config_name == "conf_baseline.yaml"
     assert order.alpha158_factors == ALPHA_NAMES
     assert order.dynamic_factors == [] and order.dynamic_source is None
@@ -181,11 +204,33 @@ def test_missing_parquet_is_a_reasoned_gap(tmp_path: Path) -> None:
     order, access = order_of(anchor_of(two_factor_hist()), tmp_path, 22)
     parquet = str(workspace_dir(tmp_path, two_factor_hist()[1], 1) / "combined_factors_df.parquet")
     assert order.dynamic_factors is None
-    assert order.dynamic_unresolved_reason == f"{parquet} not found"
+    reason = order.dynamic_unresolved_reason or ""
+    pickled = f"{WSL_WORKSPACE_PREFIX}/{two_factor_hist()[1].hex_for(1)}"
+    assert reason == (
+        f"{parquet} not found (pickled workspace_path {pickled!r}; mapped by the path-map rule "
+        f"{WSL_WORKSPACE_PREFIX}={tmp_path})"
+    )
     assert order.alpha158_factors == ALPHA_NAMES
     assert order.model_input_order is None and not order.is_aligned
+    assert order.unresolved_code == "factor_parquet_not_found"
     assert access.opened_paths == [parquet]
-    ensure_aligned(order)
+    ensure_aligned(order)  # not a count mismatch
+    with pytest.raises(FactorParquetNotFoundError) as info:
+        require_aligned(order)
+    assert info.value.code == "factor_parquet_not_found" and pickled in info.value.message
+
+
+def test_unmatched_path_map_says_no_rule_matched(tmp_path: Path) -> None:
+    order = resolve_factor_order(
+        anchor_of(two_factor_hist()),
+        model_feature_count=22,
+        weight_class_path=LGB,
+        path_map=PathMap.parse([f"/elsewhere={tmp_path}"]),
+    )
+    assert order.unresolved_code == "factor_parquet_not_found"
+    assert "no path-map rule matched (--path-map / RD_ASSETS_PATH_MAP: /elsewhere=" in (
+        order.dynamic_unresolved_reason or ""
+    )
 
 
 def test_count_mismatch_states_both_counts_and_fails_on_request(tmp_path: Path) -> None:
@@ -195,8 +240,7 @@ def test_count_mismatch_states_both_counts_and_fails_on_request(tmp_path: Path) 
     assert order.model_input_order == [*ALPHA_NAMES, "Vol_5D", "Mom_10D"]  # nothing padded
     assert not order.is_aligned
     assert (
-        order.alignment_reason
-        == "model_input_order has 22 names (20 Alpha158 + 2 dynamic) but the model has 24 features"
+        order.alignment_reason == "model_input_order has 22 names (20 alpha + 2 dynamic) but the model has 24 features"
     )
     with pytest.raises(FeatureCountMismatchError) as info:
         ensure_aligned(order)
@@ -236,7 +280,8 @@ def test_filtercol_keeps_the_loader_order(tmp_path: Path) -> None:
         "        - class: Fillna\n"
     )
     files = {"conf_baseline.yaml": baseline_yaml().replace("        - class: Fillna\n", filter_col, 1)}
-    order, _ = order_of(anchor_of([ExperimentSpec(factors=[FactorSpec("Vol_5D")], yaml_files=files)]), tmp_path, 3)
+    spec = ExperimentSpec(factors=[FactorSpec("Vol_5D")], yaml_files=files, no_based=True)
+    order, _ = order_of(anchor_of([spec]), tmp_path, 3)
     assert order.alpha158_factors == ["RESI5", "CORR20", "KLOW"]
     assert "filtered by FilterCol" in (order.alpha158_source or "")
     assert order.is_aligned
@@ -272,3 +317,69 @@ def test_template_yaml_keeps_placeholders_visible() -> None:
     }
     with pytest.raises(ConfigParseError):
         load_template_yaml("a: [unclosed\n")
+
+
+UPSTREAM_ALPHA = {name: expr for expr, name in ALPHA158_20[:4]}
+
+
+def upstream_hist(base_features: dict[str, str] | None) -> list[ExperimentSpec]:
+    """rdagent 1.0 shape: only the Jinja templates in the workspace (no fork dynamic config)."""
+    files = default_yaml_files()
+    del files["conf_combined_factors_dynamic.yaml"]
+    return [
+        ExperimentSpec(factors=[FactorSpec("Vol_5D")], yaml_files=files, decision=False),
+        ExperimentSpec(
+            factors=[FactorSpec("KLEN"), FactorSpec("Abc_1D")], yaml_files=files, base_features=base_features
+        ),
+    ]
+
+
+def test_base_features_name_the_alphas_of_an_unrendered_template_and_nested_loader_sorts(tmp_path: Path) -> None:
+    """NestedDataLoader: a parquet column named like an alpha replaces it, then every name in code-point order."""
+    hist = upstream_hist(UPSTREAM_ALPHA)
+    write_combined_factors_parquet(workspace_dir(tmp_path, hist[1], 1), ["KLEN", "Abc_1D"])
+    order, _ = order_of(anchor_of(hist), tmp_path, 5)
+    assert order.config_name == "conf_combined_factors.yaml"
+    assert order.alpha158_factors == ["RESI5", "WVMA5", "RSQR5", "KLEN"]
+    assert order.alpha158_source == "trace.hist[1][0].base_features"
+    assert order.alpha158_source_kind == "base_features"
+    assert order.model_input_order_rule == "sorted_union"
+    assert order.model_input_order == ["Abc_1D", "KLEN", "RESI5", "RSQR5", "WVMA5"]
+    assert order.is_aligned and order.model_input_count == 5
+
+
+def test_unrendered_template_without_base_features_fails_closed_naming_template_and_placeholder(
+    tmp_path: Path,
+) -> None:
+    hist = upstream_hist(None)
+    write_combined_factors_parquet(workspace_dir(tmp_path, hist[1], 1), ["KLEN", "Abc_1D"])
+    order, _ = order_of(anchor_of(hist), tmp_path, 5)
+    assert order.model_input_order is None and order.unresolved_code == "alpha_names_unresolved"
+    with pytest.raises(AlphaNamesUnresolvedError) as info:
+        require_aligned(order)
+    assert "conf_combined_factors.yaml" in info.value.message
+    assert "{{ feature_names }}" in info.value.message
+    assert "trace.hist[1][0] has no base_features" in info.value.message
+
+
+def test_literal_config_names_win_over_differing_base_features_with_a_warning(tmp_path: Path) -> None:
+    hist = [ExperimentSpec(factors=[FactorSpec("Vol_5D")], base_features=UPSTREAM_ALPHA)]
+    write_combined_factors_parquet(workspace_dir(tmp_path, hist[0], 0), ["Vol_5D"])
+    order, _ = order_of(anchor_of(hist), tmp_path, 21)
+    assert order.alpha158_factors == ALPHA_NAMES and order.alpha158_source_kind == "config"
+    assert order.is_aligned
+    assert [w.split(":")[0] for w in order.warnings] == ["alpha_names_differ_from_base_features"]
+
+
+def test_an_unknown_data_loader_fails_closed(tmp_path: Path) -> None:
+    files = default_yaml_files()
+    files["conf_combined_factors_dynamic.yaml"] = files["conf_combined_factors_dynamic.yaml"].replace(
+        "class: CombinedAlpha158DynamicFactorsLoader", "class: MyShuffledLoader"
+    )
+    hist = [ExperimentSpec(factors=[FactorSpec("Vol_5D")], yaml_files=files)]
+    order, access = order_of(anchor_of(hist), tmp_path, 21)
+    assert order.model_input_order is None and order.model_input_order_rule is None
+    with pytest.raises(UnknownDataLoaderError) as info:
+        require_aligned(order)
+    assert "MyShuffledLoader" in info.value.message
+    assert access.opened_paths == []

@@ -62,11 +62,13 @@ def test_scan_takes_task_dirs_with_a_session_and_counts_the_rest(tmp_path: Path)
     for name in ("2026-01-09_16-11-14-215581", "2026-01-10_00-00-00-000001"):
         (root / name / "__session__").mkdir(parents=True)
     (root / "2026-01-11_00-00-00-000002").mkdir()  # a task that has not written a snapshot folder yet
-    for name in ("notes", "2026-01-09_16-11-14", "2026-01-09_16-11-14-215581.bak", "2026-01-09 16-11-14-215581"):
+    for name in ("my-run.v2", "factor_run_7"):  # any safe name is a task, not only rdagent's timestamps
+        (root / name / "__session__").mkdir(parents=True)
+    for name in (".hidden", "-rf", "2026-01-09 16-11-14-215581", "x" * 129):
         (root / name / "__session__").mkdir(parents=True)
     (root / "2026-01-12_00-00-00-000003").write_text("a file named like a task")
     scan = scan_log_root(root)
-    assert list(scan.tasks) == ["2026-01-09_16-11-14-215581", "2026-01-10_00-00-00-000001"]
+    assert list(scan.tasks) == ["2026-01-09_16-11-14-215581", "2026-01-10_00-00-00-000001", "factor_run_7", "my-run.v2"]
     assert scan.tasks["2026-01-09_16-11-14-215581"] == root / "2026-01-09_16-11-14-215581"
     assert scan.ignored_count == 5
     assert "2026-01-12_00-00-00-000003" in scan.ignored

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from rd_assets.models import SCHEMA_VERSION
 from rd_assets_tests.conftest import PLAIN_TASK, REPO_ROOT, SAMPLE_LOGS, SAMPLE_TASKS, SIGNED_TASK, expected_for
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, Snap, growing_timeline, write_task
 
@@ -51,7 +52,7 @@ def test_inspect_json_on_the_samples(task_id: str, tmp_path: Path) -> None:
     exp = expected_for(task_id)
     code, doc = inspect_json(SAMPLE_LOGS / task_id, tmp_path, env=key_env(task_id))
     assert code == 0
-    assert doc["schema_version"] == "1.0"
+    assert doc["schema_version"] == SCHEMA_VERSION
     assert doc["ok"] is True and doc["error"] is None
     assert doc["task_id"] == task_id
     assert doc["chosen_snapshot"] == exp["chosen_snapshot_relpath"]

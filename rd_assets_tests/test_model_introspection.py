@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from rd_assets.model_introspection import introspect_model
-from rd_assets.samples import SAMPLES_DIR
+from rd_assets.samples import SAMPLE_TASKS, SAMPLES_DIR
 from rd_assets.trace import anchor_experiment
 from rd_assets.unpickler import load_session_file
 from rd_assets.weights import resolve_model_weight
@@ -22,7 +22,6 @@ from rd_assets_tests.rdagent_fixtures import make, snapshot_bytes
 
 SAMPLES = SAMPLES_DIR
 MODELS = SAMPLES / "models"
-SAMPLE_TASKS = ["2026-03-02_09-15-27-118204", "2026-03-05_14-02-51-730915"]
 
 
 def reference_booster() -> lightgbm.Booster:
@@ -67,9 +66,18 @@ def test_session_weights_have_the_expected_feature_count(task_id: str) -> None:
     hist_index, exp = anchor_experiment(loaded.obj)
     export = introspect_model(resolve_model_weight(exp, hist_index=hist_index).data)
 
-    assert export.introspection.feature_count == expected["model_feature_count"]
-    assert export.model_txt is not None
-    assert lightgbm.Booster(model_str=export.model_txt).num_feature() == expected["model_feature_count"]
+    info = export.introspection
+    assert info.feature_count == expected["model_feature_count"]
+    assert info.class_path == expected["model_class"]
+    if not expected["model_txt_expected"]:  # torch: the count is the first 2-D layer's shape[1]
+        assert export.model_txt is None and export.safetensors is not None
+        assert (info.kind, info.network_class) == ("torch", expected["model_network_class"])
+        assert info.first_layer_key == expected["model_first_layer_key"]
+        assert info.first_layer_shape == expected["model_first_layer_shape"]
+        assert (info.wrapper_kwargs or {})["pt_model_kwargs"] == expected["model_pt_model_kwargs"]
+        return
+    assert export.model_txt is not None and info.num_trees == expected["model_booster_num_trees"]
+    assert lightgbm.Booster(model_str=export.model_txt).num_feature() == expected["model_booster_num_feature"]
 
 
 def test_introspection_imports_no_model_library() -> None:

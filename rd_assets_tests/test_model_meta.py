@@ -2,37 +2,54 @@
 
 from __future__ import annotations
 
+from rd_assets.artifact_models import ModelIntrospection
 from rd_assets.model_meta import build_model_meta
-from rd_assets.reader import read_task
-from rd_assets.snapshot_index import SnapshotIndex
+from rd_assets.models import SotaFactorExperiment
+from rd_assets.samples import FIRST_ANCHOR_TASK, SIGNED_TASK
+from rd_assets_tests.bundle_testkit import sample_parts
+from rd_assets_tests.conftest import expected_for
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, default_yaml_files
-from rd_assets_tests.test_factor_order import LGB, SAMPLE_TASKS, SAMPLES, SOTA_MODEL_HIST, anchor_of
+from rd_assets_tests.test_factor_order import LGB, SOTA_MODEL_HIST, anchor_of
+
+LGB_MODEL = ModelIntrospection(class_path=LGB, kind="lightgbm", feature_count=22)
 
 
-def test_quant_sample_meta_is_the_dynamic_lightgbm_config() -> None:
-    anchor = read_task(SAMPLES / "log" / SAMPLE_TASKS[1], index=SnapshotIndex(None)).anchor
-    assert anchor is not None
-    meta = build_model_meta(anchor, weight_class_path=LGB)
+def _sample(task_id: str) -> tuple[SotaFactorExperiment, ModelIntrospection]:
+    parts = sample_parts(task_id)
+    assert parts.model is not None
+    return parts.anchor, parts.model.introspection
 
-    assert meta.config_name == "conf_combined_factors_dynamic.yaml"
-    assert "overridden" in (meta.config_reason or "")
+
+def test_first_anchor_sample_meta_is_the_forks_dynamic_lightgbm_config() -> None:
+    expected = expected_for(FIRST_ANCHOR_TASK)
+    anchor, model = _sample(FIRST_ANCHOR_TASK)
+    meta = build_model_meta(anchor, model=model)
+
+    assert meta.config_name == expected["executed_config"] == "conf_combined_factors_dynamic.yaml"
     assert (meta.model_class, meta.model_module) == ("LGBModel", "qlib.contrib.model.gbdt")
-    assert meta.model_kwargs is not None and meta.model_kwargs["num_leaves"] == 210
+    assert meta.model_kwargs == expected["model_kwargs"]
     assert meta.dataset_class == "qlib.data.dataset.DatasetH"
-    assert meta.dataset_segments == {
-        "train": ["2008-01-01", "2014-12-31"],
-        "valid": ["2015-01-01", "2016-12-31"],
-        "test": ["2017-01-01", "2020-08-01"],
-    }
-    assert meta.handler_class == "qlib.data.dataset.handler.DataHandlerLP"
-    assert meta.handler_kwargs == {"start_time": "2008-01-01", "end_time": "2020-08-01", "instruments": "csi300"}
+    assert set(meta.dataset_segments or {}) == {"train", "valid", "test"}
     assert meta.loader_class == "rdagent.scenarios.qlib.experiment.custom_loaders.CombinedAlpha158DynamicFactorsLoader"
     assert meta.loader_kwargs is not None and meta.loader_kwargs["dynamic_path"] == "combined_factors_df.parquet"
-    assert [p["class"] for p in meta.infer_processors or []] == ["RobustZScoreNorm", "Fillna"]
-    assert [p["class"] for p in meta.learn_processors or []] == ["DropnaLabel", "CSZScoreNorm"]
     assert meta.label == [["Ref($close, -2)/Ref($close, -1) - 1"], ["LABEL0"]]
-    assert meta.weight_class_path == LGB
+    assert meta.weight_class_path == expected["model_class"] == LGB
+    assert meta.network_class is None and meta.trained_model_kwargs is None
     assert meta.model_dump_json()  # JSON-safe (dates became strings)
+
+
+def test_torch_sample_meta_names_the_network_and_the_kwargs_it_was_trained_with() -> None:
+    expected = expected_for(SIGNED_TASK)
+    anchor, model = _sample(SIGNED_TASK)
+    meta = build_model_meta(anchor, model=model)
+    assert meta.config_name == expected["executed_config"]
+    assert (meta.model_class, meta.model_module) == ("GeneralPTNN", "qlib.contrib.model.pytorch_general_nn")
+    assert meta.loader_class == "NestedDataLoader"
+    assert meta.network_class == expected["model_network_class"] == "model.Net"
+    assert meta.model_py_source == "trace.hist[3][0].experiment_workspace.file_dict['model.py']"
+    trained = meta.trained_model_kwargs or {}
+    for key in ("n_epochs", "lr", "early_stop", "batch_size", "weight_decay", "pt_model_uri", "pt_model_kwargs"):
+        assert trained[key] == expected["model_kwargs"][key], key
 
 
 def test_values_come_from_the_executed_config_not_another_template() -> None:
@@ -45,13 +62,13 @@ def test_values_come_from_the_executed_config_not_another_template() -> None:
         ExperimentSpec(factors=[FactorSpec("A_5D")]),
         ExperimentSpec(factors=[FactorSpec("B_5D")], yaml_files=files),
     ]
-    meta = build_model_meta(anchor_of(hist), weight_class_path=LGB)
+    meta = build_model_meta(anchor_of(hist), model=LGB_MODEL)
     assert meta.config_name == "conf_combined_factors_dynamic.yaml"
     assert meta.model_kwargs is not None and meta.model_kwargs["num_leaves"] == 99
 
 
 def test_unrendered_template_keeps_placeholders_visible() -> None:
-    meta = build_model_meta(anchor_of(SOTA_MODEL_HIST), weight_class_path=None)
+    meta = build_model_meta(anchor_of(SOTA_MODEL_HIST), model=None)
     assert meta.config_name == "conf_combined_factors_sota_model.yaml"
     assert meta.model_class == "GeneralPTNN"
     assert meta.model_kwargs == {"n_epochs": "{{ n_epochs }}"}
@@ -69,12 +86,12 @@ def test_unparseable_or_missing_config_is_a_reason() -> None:
         ExperimentSpec(factors=[FactorSpec("A_5D")]),
         ExperimentSpec(factors=[FactorSpec("B_5D")], yaml_files=files),
     ]
-    broken = build_model_meta(anchor_of(hist), weight_class_path=None)
+    broken = build_model_meta(anchor_of(hist), model=None)
     assert broken.config_name == "conf_combined_factors_dynamic.yaml"
     assert "does not parse" in (broken.config_unresolved_reason or "")
     assert broken.model_class is None
 
     only_readme = [ExperimentSpec(factors=[FactorSpec("A_5D")], yaml_files={"README.md": "x"})]
-    missing = build_model_meta(anchor_of(only_readme), weight_class_path=LGB)
-    assert missing.config_name == "conf_baseline.yaml"
+    missing = build_model_meta(anchor_of(only_readme), model=LGB_MODEL)
+    assert missing.config_name is None
     assert "not in experiment_workspace.file_dict" in (missing.config_unresolved_reason or "")

@@ -14,9 +14,9 @@ SAMPLE_RULE = SAMPLE_PATH_MAP
 
 
 def test_sample_rule_maps_the_sample_workspace_to_its_existing_parquet() -> None:
-    pickled = "/mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace/77a0bbbd3e804094b733876492f16490"
+    pickled = "/mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace/256379545672416fbd8f3a951aaac7b8"
     local = PathMap.parse([SAMPLE_RULE]).map(pickled)
-    assert local == SAMPLES_DIR / "workspaces" / "77a0bbbd3e804094b733876492f16490"
+    assert local == SAMPLES_DIR / "workspaces" / "256379545672416fbd8f3a951aaac7b8"
     assert (local / "combined_factors_df.parquet").is_file()
 
 
@@ -74,7 +74,24 @@ def test_dot_dot_is_never_mapped(pickled: str) -> None:
     assert "'..'" in path_map.explain_unmapped(pickled)
 
 
-@pytest.mark.parametrize("spec", ["no-equals-sign", "=/x", "/x=", "relative=/x", "/x=relative", "C:/x=relative/y"])
+def test_a_relative_target_is_resolved_against_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path_map = PathMap.parse(["/x=relative/ws", "C:/y=."])
+    assert path_map.map("/x/abc") == tmp_path / "relative" / "ws" / "abc"
+    assert path_map.map("C:/y/abc") == tmp_path / "abc"
+    assert [r.target.is_absolute() for r in path_map.rules] == [True, True]
+
+
+def test_rules_matching_no_pickled_path_are_reported() -> None:
+    path_map = PathMap.parse(["/mnt/f/Dev=/a", "/typo/ws=/b"])
+    assert [r.source for r in path_map.unused_rules(["/mnt/f/Dev/x/ws1"])] == ["/typo/ws"]
+    assert "no path-map rule matched" in path_map.explain_rule("/other/ws")
+    assert path_map.explain_rule("/mnt/f/Dev/x") == "mapped by the path-map rule /mnt/f/Dev=/a"
+
+
+@pytest.mark.parametrize("spec", ["no-equals-sign", "=/x", "/x=", "relative=/x"])
 def test_malformed_rules_are_refused(spec: str) -> None:
     with pytest.raises(InvalidPathMapError) as info:
         PathMap.parse([spec])

@@ -53,7 +53,18 @@ def test_sample_matches_expected(task_id: str, index: SnapshotIndex) -> None:
         assert hashlib.sha256(got.code.encode()).hexdigest() == want["factor_py_sha256"]
     weights_key = exp["weights_key"]
     assert any(weights_key in ws.file_dict_keys for ws in anchor.sub_workspaces)
-    assert "conf_combined_factors_dynamic.yaml" in anchor.experiment_workspace_yaml
+    assert exp["executed_config"] in anchor.experiment_workspace_yaml
+    based = [
+        b.kind if b.kind != "factor" and b.kind != "model" else f"{b.kind}@{b.hist_index}"
+        for b in anchor.based_experiments
+    ]
+    assert based == exp["anchor_based_experiments"]
+    assert anchor.sota_model_hist_index == exp["sota_model_experiment_hist_index"]
+    model_py_sha = hashlib.sha256(anchor.model_py.encode()).hexdigest() if anchor.model_py is not None else None
+    assert model_py_sha == exp["anchor_model_py_sha256"]
+    assert anchor.task_run_id is None or isinstance(anchor.task_run_id, str)
+    if exp["alpha158_factors_source"].endswith(".base_features"):
+        assert list(anchor.base_features or {}) == exp["alpha158_factors"]
 
 
 @pytest.mark.parametrize("task_id", SAMPLE_TASKS)

@@ -10,11 +10,13 @@ import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
 
 from rd_assets.fingerprint import session_fingerprint
+from rd_assets.models import SCHEMA_VERSION
 from rd_assets.partitions import FINGERPRINT_TAG, RD_TASK_PARTITIONS_NAME
 from rd_assets.resources import RdLogRoot
+from rd_assets.samples import SAMPLE_TASKS
 from rd_assets.sensors import SensorCursor, rd_task_sensor
 
-TASKS = ("2026-03-02_09-15-27-118204", "2026-03-05_14-02-51-730915")
+TASKS = SAMPLE_TASKS
 
 
 @pytest.fixture
@@ -101,7 +103,7 @@ def test_cursor_round_trips_and_a_lost_cursor_reuses_the_same_run_keys(
 ) -> None:
     first = tick(instance, log_root, None)
     parsed = SensorCursor.parse(first.cursor)
-    assert parsed.model_dump_json() == first.cursor and parsed.schema_version == "1.0"
+    assert parsed.model_dump_json() == first.cursor and parsed.schema_version == SCHEMA_VERSION
     assert requested(tick(instance, log_root, None)) == requested(first)  # run_key dedup makes a reset harmless
 
 

@@ -9,14 +9,13 @@ from typing import Any
 import pytest
 
 from rd_assets.errors import WeightsNotPersistedError
-from rd_assets.samples import SAMPLES_DIR
+from rd_assets.samples import SAMPLE_TASKS, SAMPLES_DIR
 from rd_assets.trace import anchor_experiment
 from rd_assets.unpickler import load_session_file, safe_loads
 from rd_assets.weights import resolve_model_weight
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, build_loop, snapshot_bytes
 
 SAMPLES = SAMPLES_DIR
-SAMPLE_TASKS = ["2026-03-02_09-15-27-118204", "2026-03-05_14-02-51-730915"]
 
 
 def loop_of(specs: list[ExperimentSpec], edit: Any = None) -> Any:
