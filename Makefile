@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SAMPLES ?= $(abspath ../shared/samples)
+SAMPLES ?= $(abspath ../shared/samples_v3)
+SAMPLE_KEY ?= rdgen-sample-signing-key-0123456789abcdef
 
 .PHONY: install dev test lint bench
 
@@ -23,14 +24,14 @@ lint: install
 	$(BIN)/ruff check --fix rd_assets rd_assets_tests bench
 	$(BIN)/ruff format rd_assets rd_assets_tests bench
 
-# Extract both bundled samples with the CLI, then start the Dagster UI + daemon on 127.0.0.1:3000.
+# Extract the three bundled samples with the CLI, then start the Dagster UI + daemon on 127.0.0.1:3000.
 dev: install
-	$(BIN)/rd-assets extract $(SAMPLES)/log/2026-03-02_09-15-27-118204 --store .rd_assets_store \
-		--path-map /mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace=$(SAMPLES)/workspaces
-	$(BIN)/rd-assets extract $(SAMPLES)/log/2026-03-05_14-02-51-730915 --store .rd_assets_store \
-		--path-map /mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace=$(SAMPLES)/workspaces
+	for task in $(SAMPLES)/log/*/; do \
+		RD_ASSETS_SIGNING_KEY=$(SAMPLE_KEY) $(BIN)/rd-assets extract $$task --store .rd_assets_store \
+			--path-map /mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace=$(SAMPLES)/workspaces || exit 1; \
+	done
 	mkdir -p .dagster_home && cp dagster.yaml .dagster_home/dagster.yaml
-	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	RD_ASSETS_SIGNING_KEY=$(SAMPLE_KEY) DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 bench: install
 	$(BIN)/python bench/bench_session_reader.py

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 
 from rd_assets.api.app import create_app
 from rd_assets.bundle_models import MANIFEST
-from rd_assets_tests.api_support import PLAIN_TASK, SIGNED_TASK, extract_samples, free_port, stop
+from rd_assets_tests.api_support import PLAIN_TASK, SAMPLE_TASKS, SIGNED_TASK, extract_samples, free_port, stop
 
 CANARY = "canary-secret-7f3a9c"
 ROUTES = (
@@ -310,7 +310,7 @@ def test_task_link_pointing_outside_the_store_is_refused(store: Path, tmp_path: 
     for url in (f"/tasks/{PLAIN_TASK}", f"/tasks/{PLAIN_TASK}/asset_bytes?key=model.pkl"):
         assert_refused(client, url, "bundle_integrity")
     listing = client.get("/tasks").json()
-    assert [t["task_id"] for t in listing["tasks"]] == [SIGNED_TASK]
+    assert sorted(t["task_id"] for t in listing["tasks"]) == sorted(set(SAMPLE_TASKS) - {PLAIN_TASK})
     assert [p["task_id"] for p in listing["problems"]] == [PLAIN_TASK]
 
 

@@ -13,7 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rd_assets_tests.api_support import PLAIN_TASK, RD_ASSETS, SIGNED_TASK, extract_samples, pid_alive, serving
+from rd_assets_tests.api_support import (
+    PLAIN_TASK,
+    RD_ASSETS,
+    SAMPLE_TASKS,
+    SIGNED_TASK,
+    extract_samples,
+    pid_alive,
+    serving,
+)
 from rd_assets_tests.conftest import expected_for
 
 
@@ -29,7 +37,7 @@ def test_serves_the_published_samples(store: Path) -> None:
         assert client.get("/health").json()["ok"] is True
         assert client.get("/openapi.json").json()["info"]["title"] == "rd-assets Results API"
         listed = client.get("/tasks").json()
-        assert {t["task_id"] for t in listed["tasks"]} == {PLAIN_TASK, SIGNED_TASK}
+        assert {t["task_id"] for t in listed["tasks"]} == set(SAMPLE_TASKS)
         for task_id in (PLAIN_TASK, SIGNED_TASK):
             expected = expected_for(task_id)
             anchor = client.get(f"/tasks/{task_id}/sota_factor_anchor").json()

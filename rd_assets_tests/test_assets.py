@@ -128,9 +128,13 @@ def test_bundle_matches_the_expected_json(chain: tuple, task_id: str) -> None:
     order = json.loads((bundle / "factor_order.json").read_text())
     assert order["alpha158_factors"] == expected["alpha158_factors"]
     assert order["dynamic_factors"] == expected["dynamic_factors"]
-    assert order["model_input_order"] == expected["alpha158_factors"] + expected["dynamic_factors"]
+    assert order["model_input_order"] == expected["model_input_order"]
+    assert order["config_name"] == expected["executed_config"]
     assert order["model_feature_count"] == expected["model_feature_count"] and order["is_aligned"]
-    assert (bundle / "model.txt").read_text().startswith("tree")
+    if expected["model_txt_expected"]:
+        assert (bundle / "model.txt").read_text().startswith("tree")
+    else:
+        assert (bundle / "model.safetensors").is_file() and (bundle / "model.py").is_file()
 
 
 @pytest.mark.parametrize("task_id", SAMPLE_TASKS)
@@ -167,10 +171,17 @@ def test_materializations_carry_the_metadata_people_read(chain: tuple) -> None:
     anchor = meta("last_sota_factor_exp")
     assert anchor["anchor_hist_index"] == 3 and anchor["factor_count"] == len(anchor["factor_names"])
     weight = meta("model_weight")
-    assert (weight["weight_key"], weight["weight_source"], weight["weight_size"]) == ("params.pkl", "factor_exp", 11326)
-    assert weight["weight_sha256"] == "842920ad0b0220d7502cb83824652440794ab6fa4200fa896d0b8a275274806e"
+    expected = json.loads((SAMPLES / "expected" / f"{task_id}.expected.json").read_text())
+    assert (weight["weight_key"], weight["weight_source"], weight["weight_size"]) == (
+        expected["weights_key"],
+        "factor_exp",
+        expected["weights_bytes"],
+    )
+    assert weight["weight_sha256"] == expected["weights_sha256"]
     order = meta("factor_order")
     assert order["model_feature_count"] == "23" and order["is_aligned"] is True
+    assert order["model_input_order_rule"] == "sorted_union"
+    assert order["alpha_source"] == "trace.hist[3][0].base_features"
     assert order["paths_opened"] == [order["anchor_parquet"]]
     bundle = meta("aistock_bundle")
     assert bundle["selection_ready"] is True and bundle["reasons"] == []

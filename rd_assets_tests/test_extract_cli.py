@@ -32,7 +32,7 @@ def test_extract_prints_a_summary_and_then_unchanged(
     assert "anchor     trace.hist[3]" in out
     assert f"factors    3: {', '.join(expected['sota_factor_names'])}" in out
     assert f"weight     params.pkl  {expected['weights_bytes']} bytes" in out
-    assert "order      20 alpha158 + 3 dynamic = 23" in out
+    assert "order      20 alpha + 3 dynamic = 23" in out
     assert "alignment  aligned with the model's 23 features" in out
     assert "ready      true" in out
     assert f"bundle     {tmp_path / 'store' / SIGNED_TASK} -> v000001-" in out and "published" in out

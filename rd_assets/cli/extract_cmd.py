@@ -49,9 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _order_line(order: FactorOrder) -> list[str]:
-    alpha = "?" if order.alpha158_count is None else order.alpha158_count
-    dynamic = "?" if order.dynamic_count is None else order.dynamic_count
-    lines = [f"  order      {alpha} alpha158 + {dynamic} dynamic = {order.model_input_count}  ({order.config_name})"]
+    counts = f"{order.alpha158_count} alpha + {order.dynamic_count} dynamic = {order.model_input_count}"
+    if order.model_input_count is None:
+        counts = "unresolved"
+    lines = [
+        f"  config     {order.config_name or 'unresolved'}",
+        f"  order      {counts}  (rule {order.model_input_order_rule or 'unresolved'}; "
+        f"alpha names from {order.alpha158_source_kind or 'nowhere'})",
+    ]
     if order.dynamic_factors:
         lines.append(f"  dynamic    {', '.join(order.dynamic_factors)}")
     for label, reason in (("alpha158", order.alpha158_unresolved_reason), ("dynamic", order.dynamic_unresolved_reason)):
@@ -88,10 +93,12 @@ def render_summary(outcome: ExtractOutcome) -> str:
     if report.model is not None:
         m = report.model
         count = m.feature_count if m.feature_count is not None else f"unknown ({m.feature_count_reason})"
-        lines.append(f"  model      {m.kind} {m.class_path}  features {count}  trees {m.num_trees}")
+        shape = f"trees {m.num_trees}" if m.kind == "lightgbm" else f"network {m.network_class}  {m.first_layer_key}"
+        lines.append(f"  model      {m.kind} {m.class_path}  features {count}  {shape}")
     lines += _order_line(FactorOrder.model_validate_json(outcome.content.files[FACTOR_ORDER]))
     ready = "true" if manifest.selection_ready else f"false: {'; '.join(manifest.reasons)}"
     state = "published" if outcome.publish.changed else "unchanged (identical content already current)"
+    lines += [f"  warning    {w}" for w in manifest.warnings]
     lines += [
         f"  ready      {ready}",
         f"  bundle     {outcome.publish.bundle_path} -> {outcome.publish.version_dir.name}  {state}",
