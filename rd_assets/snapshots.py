@@ -38,7 +38,7 @@ from rd_assets.errors import (
 from rd_assets.models import ErrorInfo, SnapshotCandidate, SnapshotSelection
 from rd_assets.snapshot_index import FileKey, SnapshotIndex, key_fingerprint
 from rd_assets.trace import hist_of
-from rd_assets.unpickler import SIGNED_MAGIC, LoadedSession, class_path, load_session_file
+from rd_assets.unpickler import SIGNED_MAGIC, LoadedSession, class_path, gc_paused, load_session_file
 
 SESSION_DIR = "__session__"
 TIE_RULE = "longest trace.hist; ties broken by the highest (loop_idx, step_idx)"
@@ -213,23 +213,24 @@ def select_snapshot(
     best: tuple[int, SnapshotFile, SnapshotCandidate] | None = None
     best_loaded: LoadedSession | None = None
     unpickled = 0
-    for n, snap in enumerate(snaps, 1):
-        key = file_key(log_dir, snap, signing_key)
-        hit = cached.get(snap.relpath)
-        loaded = None
-        if hit is not None and hit[0] == key:
-            cand = SnapshotCandidate.model_validate_json(hit[1])
-        else:
-            cand, loaded = read_candidate(snap, signing_key=signing_key, access=access)
-            unpickled += 1
-            index.put("summary", key, cand.model_dump_json())
-        candidates.append(cand)
-        if cand.hist_len is not None and (best is None or cand.hist_len >= best[0]):
-            best = (cand.hist_len, snap, cand)
-            best_loaded = loaded
-        del loaded
-        if progress:
-            progress(n, len(snaps), snap.relpath)
+    with gc_paused():  # see unpickler.gc_paused: one pause for the whole scan
+        for n, snap in enumerate(snaps, 1):
+            key = file_key(log_dir, snap, signing_key)
+            hit = cached.get(snap.relpath)
+            loaded = None
+            if hit is not None and hit[0] == key:
+                cand = SnapshotCandidate.model_validate_json(hit[1])
+            else:
+                cand, loaded = read_candidate(snap, signing_key=signing_key, access=access)
+                unpickled += 1
+                index.put("summary", key, cand.model_dump_json())
+            candidates.append(cand)
+            if cand.hist_len is not None and (best is None or cand.hist_len >= best[0]):
+                best = (cand.hist_len, snap, cand)
+                best_loaded = loaded
+            del loaded
+            if progress:
+                progress(n, len(snaps), snap.relpath)
     if best is None:
         reasons = sorted({c.error.code for c in candidates if c.error})
         raise NoReadableSnapshotError(

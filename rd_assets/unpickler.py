@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
+import contextlib
 import datetime
 import decimal
 import gc
@@ -48,7 +49,7 @@ import pickle
 import sys
 import types
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -582,6 +583,23 @@ class _ViewReader:
         return self.read(len(rest) if newline < 0 else newline + 1)
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC; nests safely (whoever paused it first re-enables it).
+
+    A whole scan pauses it too: re-enabling between snapshots lets a collection walk every object of the
+    snapshot just built (a quarter of a cold read of an object-heavy session); discarded snapshots are freed
+    by reference counting anyway.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _load(reader: Any, path: str | None) -> Any:
     """Run the restricted unpickler over a file-like ``reader``; every failure becomes a typed error.
 
@@ -590,10 +608,9 @@ def _load(reader: Any, path: str | None) -> Any:
     for cycles that cannot be garbage yet. Pausing is process-wide but nests safely: whoever paused it
     first re-enables it.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
     try:
-        return RestrictedUnpickler(reader, path=path).load()
+        with gc_paused():
+            return RestrictedUnpickler(reader, path=path).load()
     except UnsafePickleError as exc:
         exc.path = exc.path or path
         raise
@@ -601,9 +618,6 @@ def _load(reader: Any, path: str | None) -> Any:
         raise UnreadableSnapshotError("pickle nests too deeply", path=path) from exc
     except Exception as exc:  # any failure to rebuild data means the file is not a readable snapshot
         raise UnreadableSnapshotError(f"not a readable pickle ({type(exc).__name__}: {exc})", path=path) from exc
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def safe_loads(data: bytes | memoryview, *, path: str | None = None) -> Any:
