@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from rd_assets.artifact_models import ModelIntrospection, TensorSpec
 from rd_assets.errors import RdAssetsError, TorchWeightError
@@ -92,15 +92,10 @@ def _torch_or_other(obj: Any, path: str) -> ModelExport:
         state = read_torch_state(obj)
         blob = export_safetensors(state) if state is not None else None
     except TorchWeightError as exc:
-        unreadable = ModelIntrospection(
-            class_path=path, kind="unreadable", feature_count=None, feature_count_reason=str(exc)
-        )
-        return ModelExport(unreadable, None)
+        return _uncounted(path, "unreadable", str(exc))
     if state is None or blob is None:
         reason = f"model class {path} is not LightGBM and holds no torch network; its feature count is not readable"
-        return ModelExport(
-            ModelIntrospection(class_path=path, kind="other", feature_count=None, feature_count_reason=reason), None
-        )
+        return _uncounted(path, "other", reason)
     info = ModelIntrospection(
         class_path=path,
         kind="torch",
@@ -116,15 +111,19 @@ def _torch_or_other(obj: Any, path: str) -> ModelExport:
     return ModelExport(info, None, blob)
 
 
+def _uncounted(path: str | None, kind: Literal["lightgbm", "other", "unreadable"], reason: str) -> ModelExport:
+    """A model whose feature count cannot be read, and why: nothing is exported for it."""
+    return ModelExport(
+        ModelIntrospection(class_path=path, kind=kind, feature_count=None, feature_count_reason=reason), None
+    )
+
+
 def introspect_model(data: bytes) -> ModelExport:
     """Unpickle ``data`` inertly; read a LightGBM model string or a torch network's state, else say why not."""
     try:
         obj = safe_loads(data, path="model weight")
     except RdAssetsError as exc:
-        unreadable = ModelIntrospection(
-            class_path=None, kind="unreadable", feature_count=None, feature_count_reason=str(exc)
-        )
-        return ModelExport(unreadable, None)
+        return _uncounted(None, "unreadable", str(exc))
     path = class_path(obj) or type(obj).__name__
     booster = _find_booster(obj)
     if booster is None:
@@ -132,9 +131,7 @@ def introspect_model(data: bytes) -> ModelExport:
     model_txt = next((attr(booster, k) for k in _BOOSTER_STATE_KEYS if isinstance(attr(booster, k), str)), None)
     if model_txt is None or not model_txt.startswith("tree"):
         reason = f"the {BOOSTER_CLASS} inside {path} carries no LightGBM model string (untrained or foreign state)"
-        return ModelExport(
-            ModelIntrospection(class_path=path, kind="lightgbm", feature_count=None, feature_count_reason=reason), None
-        )
+        return _uncounted(path, "lightgbm", reason)
     head = _parse_header(model_txt)
     info = ModelIntrospection(
         class_path=path,
