@@ -130,7 +130,7 @@ def collect_warnings(
             "RD_ASSETS_SIGNING_KEY, so its HMAC was not checked"
         )
     warnings += order.warnings
-    pickled = [p for p in (anchor.experiment_workspace_path,) if p]
+    pickled = [anchor.experiment_workspace_path] if anchor.experiment_workspace_path else []
     warnings += [
         f"{PATH_MAP_RULE_UNUSED}: the path-map rule {rule.source}={rule.target} matches no pickled path of this task"
         for rule in path_map.unused_rules(pickled)

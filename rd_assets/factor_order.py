@@ -77,6 +77,8 @@ class Part:
     code: str | None = None
     placeholder: str | None = None
     """The unrendered Jinja text that stands where the names should be."""
+    kind: Literal["config", "base_features"] | None = None
+    """Where resolved alpha names were read (kept through column filters)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ def _feature_names(config_name: str, where: str, spec: Any) -> Part:
         reason = f"{config_name}: the alpha names are the unrendered Jinja placeholder {names}"
         return Part(None, source, reason, AlphaNamesUnresolvedError.code, placeholder=names)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        return Part(None, source, f"{config_name}: {where}.feature[1] is not a list of names", "alpha_names_unresolved")
+        reason = f"{config_name}: {where}.feature[1] is not a list of names"
+        return Part(None, source, reason, AlphaNamesUnresolvedError.code)
     if isinstance(expressions, list) and len(expressions) != len(names):
         reason = f"{config_name}: {where}.feature has {len(expressions)} expressions but {len(names)} names"
         return Part(None, source, reason, AlphaNamesUnresolvedError.code)
@@ -164,11 +167,12 @@ def _apply_filters(part: Part, filters: list[tuple[str, Any]], config_name: str)
     names = part.names
     for name, col_list in filters:
         if not isinstance(col_list, list) or not all(isinstance(c, str) for c in col_list):
-            return Part(None, part.source, f"{config_name}: {name}.col_list is not a list of names ({col_list!r})")
+            reason = f"{config_name}: {name}.col_list is not a list of names ({col_list!r})"
+            return Part(None, part.source, reason, ConfigUnresolvedError.code)
         keep = set(col_list)
         names = [n for n in names if (n in keep) == (name == "FilterCol")]
     applied = ", ".join(n for n, _ in filters)
-    return Part(names, f"{part.source} filtered by {applied}", None)
+    return Part(names, f"{part.source} filtered by {applied}", None, kind=part.kind)
 
 
 def decode_feature_columns(schema: Any) -> list[str]:
@@ -229,7 +233,8 @@ def _dynamic_part(
         return Part([], None, None)
     ws = anchor.experiment_workspace_path
     if ws is None:
-        return Part(None, None, "the anchor's experiment_workspace has no workspace_path", "factor_parquet_not_found")
+        reason = "the anchor's experiment_workspace has no workspace_path"
+        return Part(None, None, reason, FactorParquetNotFoundError.code)
     pickled = f"{ws.rstrip('/')}/{PARQUET_NAME}" if anchor.experiment_workspace_path_style != "windows" else ws
     local = path_map.map(ws)
     if local is None:
@@ -251,11 +256,11 @@ def _alpha_part(layout: LoaderLayout, anchor: SotaFactorExperiment, config_name:
                 f"alpha_names_differ_from_base_features: {config_name} lists {len(alpha.names)} names literally "
                 f"(used: that is what qrun ran) but {at}.base_features holds {len(base)} different ones"
             )
-        return Part(alpha.names, where, None), warnings
+        return Part(alpha.names, where, None, kind="config"), warnings
     if alpha.placeholder is None:
         return alpha, []
     if base is not None:
-        return Part(list(base), f"{at}.base_features", None), []
+        return Part(list(base), f"{at}.base_features", None, kind="base_features"), []
     missing = anchor.base_features_problem or f"{at} has no base_features"
     reason = f"{alpha.reason}, and no other source names them: {missing}"
     return Part(None, alpha.source, reason, AlphaNamesUnresolvedError.code, alpha.placeholder), []
@@ -320,7 +325,7 @@ def resolve_factor_order(
         config_reason=decision.reason,
         alpha158_factors=alpha.names,
         alpha158_source=alpha.source,
-        alpha158_source_kind=_source_kind(alpha),
+        alpha158_source_kind=alpha.kind if alpha.names is not None else None,
         alpha158_unresolved_reason=alpha.reason,
         dynamic_factors=dynamic.names,
         dynamic_source=dynamic.source,
@@ -337,12 +342,6 @@ def resolve_factor_order(
         unresolved_code=code,
         warnings=warnings,
     )
-
-
-def _source_kind(alpha: Part) -> Literal["config", "base_features"] | None:
-    if alpha.names is None or alpha.source is None:
-        return None
-    return "base_features" if alpha.source.endswith(".base_features") else "config"
 
 
 def ensure_aligned(order: FactorOrder) -> None:

@@ -61,16 +61,20 @@ class PathMap:
             rules.append(PathRule(source.strip(), Path(target.strip()).absolute(), key))
         return cls(tuple(rules))
 
-    def rule_for(self, pickled_path_text: str) -> PathRule | None:
-        """The rule :meth:`map` applies to ``pickled_path_text`` (the longest matching FROM), if any."""
+    def _match(self, pickled_path_text: str) -> tuple[tuple[str, ...] | None, PathRule | None]:
+        """The path's location key (``None`` when never mappable) and the longest rule matching it."""
         key = location_key(pickled_path_text)
         if key is None or ".." in key:
-            return None
+            return None, None
         best: PathRule | None = None
         for rule in self.rules:
             if key[: len(rule.key)] == rule.key and (best is None or len(rule.key) > len(best.key)):
                 best = rule
-        return best
+        return key, best
+
+    def rule_for(self, pickled_path_text: str) -> PathRule | None:
+        """The rule :meth:`map` applies to ``pickled_path_text`` (the longest matching FROM), if any."""
+        return self._match(pickled_path_text)[1]
 
     def explain_rule(self, pickled_path_text: str) -> str:
         """Which rule mapped the path, or that none matched (for a not-found reason)."""
@@ -87,10 +91,9 @@ class PathMap:
 
     def map(self, pickled_path_text: str) -> Path | None:
         """Where ``pickled_path_text`` is on this machine, or ``None`` when no rule can say."""
-        key = location_key(pickled_path_text)
-        if key is None or ".." in key:
+        key, best = self._match(pickled_path_text)
+        if key is None:
             return None
-        best = self.rule_for(pickled_path_text)
         if best is not None:
             return best.target.joinpath(*key[len(best.key) :])
         if pickled_path_text.startswith("/"):

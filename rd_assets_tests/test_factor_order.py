@@ -383,3 +383,23 @@ def test_an_unknown_data_loader_fails_closed(tmp_path: Path) -> None:
         require_aligned(order)
     assert "MyShuffledLoader" in info.value.message
     assert access.opened_paths == []
+
+
+def test_base_features_stay_the_recorded_source_through_a_column_filter(tmp_path: Path) -> None:
+    hist = upstream_hist(UPSTREAM_ALPHA)
+    files = hist[1].yaml_files or {}
+    files["conf_combined_factors.yaml"] = files["conf_combined_factors.yaml"].replace(
+        'config: "combined_factors_df.parquet"\n',
+        'config: "combined_factors_df.parquet"\n'
+        "    infer_processors:\n"
+        "        - class: FilterCol\n"
+        "          kwargs:\n"
+        "              fields_group: feature\n"
+        '              col_list: ["KLEN", "RESI5", "Abc_1D"]\n',
+    )
+    write_combined_factors_parquet(workspace_dir(tmp_path, hist[1], 1), ["KLEN", "Abc_1D"])
+    order, _ = order_of(anchor_of(hist), tmp_path, 3)
+    assert order.alpha158_factors == ["RESI5", "KLEN"]
+    assert order.alpha158_source == "trace.hist[1][0].base_features filtered by FilterCol"
+    assert order.alpha158_source_kind == "base_features"
+    assert order.model_input_order == ["Abc_1D", "KLEN", "RESI5"] and order.is_aligned
