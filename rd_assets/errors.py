@@ -173,3 +173,32 @@ class SessionChangedError(RdAssetsError):
     """The chosen snapshot changed between selection and a later read; values would not belong together."""
 
     code = "session_changed"
+
+
+class ReaderCrashedError(RdAssetsError):
+    """The isolated reader process died on this input (a signal, or it closed the channel mid-answer)."""
+
+    code = "reader_crashed"
+
+
+class ReaderLimitExceededError(RdAssetsError):
+    """The isolated reader hit a hard limit on this input (memory, CPU time, wall time, a size cap)."""
+
+    code = "reader_limit_exceeded"
+
+
+class ConfigParseError(RdAssetsError):
+    """A config text from the session does not parse as YAML, or is refused as hostile (alias bomb, nesting)."""
+
+    code = "config_unparseable"
+
+
+def error_classes() -> dict[str, type[RdAssetsError]]:
+    """Every typed error by its code, so an error that crossed a process boundary comes back as its own class."""
+    found: dict[str, type[RdAssetsError]] = {}
+    pending: list[type[RdAssetsError]] = [RdAssetsError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return found

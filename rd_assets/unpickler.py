@@ -65,6 +65,12 @@ SIGNED_HEADER_LEN = len(SIGNED_MAGIC) + 32
 MAX_LAZY_ITEMS = 1 << 16
 """Largest ``range`` / ``_reconstruct`` size (items, bytes) a pickle may ask for; genuine files ask for (0,)."""
 MAX_DTYPE_DEPTH = 8
+MAX_TYPE_ARGS_DEPTH = 8
+"""Deepest ``Generic[...]`` nesting a pickle may build; genuine ``__orig_class__`` values nest once or twice."""
+MAX_GLOBALS_PER_FILE = 4096
+"""Distinct globals one file may name; genuine snapshots name a few hundred, each is a class object in memory."""
+MAX_CACHED_STANDINS = 1 << 16
+"""Stand-in classes shared between files; past this, new ones live only as long as their file's objects."""
 
 
 class _Hook:
@@ -221,13 +227,31 @@ def _is_data_type(obj: Any) -> bool:
     return isinstance(obj, type) and (obj in _DATA_TYPES or issubclass(obj, StandIn))
 
 
+def _type_args_depth(value: Any, who: str, depth: int = 0) -> int:
+    """How deeply ``value`` (generic-alias arguments) nests; refuses anything but types and deeper than allowed.
+
+    Aliases are C objects without CPython's deallocation guard: a chain of 200k of them kills the process when
+    it is freed, so their depth is bounded where they are built (each part was checked when it was built).
+    """
+    if depth > MAX_TYPE_ARGS_DEPTH:
+        raise UnsafePickleError(who, why=f"type arguments nest deeper than {MAX_TYPE_ARGS_DEPTH}")
+    if value is None or value is Ellipsis or type(value) is str or isinstance(value, type):
+        return depth
+    if type(value) is tuple:
+        return max((_type_args_depth(v, who, depth) for v in value), default=depth)
+    if isinstance(value, Subscripted):
+        return _type_args_depth(value.key, who, depth + 1)
+    if isinstance(value, types.GenericAlias):
+        return _type_args_depth(value.__args__, who, depth + 1)
+    raise UnsafePickleError(who, why=f"a type argument of type {type(value).__name__}")
+
+
 def _safe_getitem(obj: Any, key: Any) -> Any:
     """``operator.getitem`` limited to what genuine snapshots do: subscripting a generic class."""
     obj = _unguard(obj)
-    if isinstance(obj, type) and issubclass(obj, StandIn):
-        return Subscripted(obj, key)
-    if isinstance(obj, type) and obj in _DATA_TYPES:
-        return types.GenericAlias(obj, key)
+    if isinstance(obj, type) and (issubclass(obj, StandIn) or obj in _DATA_TYPES):
+        _type_args_depth(key, "_operator.getitem")
+        return Subscripted(obj, key) if issubclass(obj, StandIn) else types.GenericAlias(obj, key)
     if type(obj) in (list, tuple, dict, str, bytes):
         return obj[key]
     raise UnsafePickleError("_operator.getitem", why=f"on an object of type {type(obj).__name__}")
@@ -236,6 +260,7 @@ def _safe_getitem(obj: Any, key: Any) -> Any:
 def _safe_generic_alias(origin: Any, args: Any) -> Any:
     origin = _unguard(origin)
     if _is_data_type(origin):
+        _type_args_depth(args, "types.GenericAlias")
         return types.GenericAlias(origin, args)
     raise UnsafePickleError("types.GenericAlias", why="origin is not a data type")
 
@@ -282,6 +307,22 @@ def _safe_range(*args: Any) -> range:
     if len(result) > MAX_LAZY_ITEMS:
         raise UnsafePickleError("builtins.range", why=f"{len(result)} items")
     return result
+
+
+def _safe_slice(*args: Any) -> slice:
+    """A ``slice`` of ints (what pandas and numpy pickle); slices of slices would nest without a dealloc guard."""
+    if len(args) > 3 or not all(a is None or type(a) in (int, bool) for a in args):
+        raise UnsafePickleError("builtins.slice", why="only int or None bounds")
+    return slice(*args)
+
+
+class _PickledDeque(collections.deque):  # type: ignore[type-arg]
+    """A deque as pickled: a Python subclass, so freeing 200k nested ones is paced by CPython's trashcan.
+
+    ``collections.deque`` itself frees its items recursively in C and overflows the C stack.
+    """
+
+    __slots__ = ()
 
 
 def _safe_codecs_encode(text: Any, encoding: Any = "latin1") -> bytes:
@@ -361,6 +402,9 @@ class _PickledArray(np.ndarray):
         who = "numpy.ndarray.__setstate__"
         if not isinstance(state, tuple) or len(state) not in (4, 5):
             raise UnsafePickleError(who, why="state is not a (version, shape, dtype, fortran, data) tuple")
+        if self.size != 0 or not self.flags.owndata:
+            # numpy would free or resize a block another array may already view (use after free)
+            raise UnsafePickleError(who, why="BUILD on an array that already holds data")
         version, shape, dtype, fortran, raw = state if len(state) == 5 else (1, *state)
         if type(version) is not int or not isinstance(fortran, bool):
             raise UnsafePickleError(who, why="bad version or order flag")
@@ -395,8 +439,8 @@ def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
         raise UnsafePickleError(who, why="only plain numpy.ndarray")
     shape = _shape(shape if isinstance(shape, tuple) else (shape,), who)
     dt = _sanitize_dtype(dtype)
-    if math.prod(shape) * max(dt.itemsize, 1) > MAX_LAZY_ITEMS:
-        raise UnsafePickleError(who, why=f"initial shape {shape} of {dt.itemsize}-byte items")
+    if math.prod(shape) != 0:  # numpy pickles (0,); BUILD fills it once (see _PickledArray.__setstate__)
+        raise UnsafePickleError(who, why=f"initial shape {shape} is not empty")
     return np.ndarray.__new__(_PickledArray, shape, dt)
 
 
@@ -409,6 +453,9 @@ def _safe_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any, axis_order: A
         raise UnsafePickleError(who, why="only plain-data arrays in C/F/K order")
     if axis_order is not None and not (isinstance(axis_order, tuple) and sorted(axis_order) == list(range(len(shape)))):
         raise UnsafePickleError(who, why="axis order is not a permutation of the axes")
+    if isinstance(buf, memoryview) and not isinstance(buf.obj, bytes | bytearray):
+        # READONLY_BUFFER on an array: a view of a block numpy may free, or of object pointers
+        raise UnsafePickleError(who, why=f"a view of a {type(buf.obj).__name__}, not of pickled bytes")
     if not isinstance(buf, bytes | bytearray | memoryview):
         raise UnsafePickleError(who, why=f"buffer of type {type(buf).__name__}")
     array: np.ndarray = np._core.numeric._frombuffer(buf, dt, shape, order, axis_order)
@@ -437,7 +484,7 @@ def _guard(name: str, fn: Callable[..., Any], target: type | None = None) -> _Gu
 _POSIX = _guard("pathlib.PosixPath", _safe_path(pathlib.PurePosixPath))
 _WINDOWS = _guard("pathlib.WindowsPath", _safe_path(pathlib.PureWindowsPath))
 _PATHLIB = ("pathlib", "pathlib._local")
-_IMMUTABLE_TYPES = (dict, list, tuple, set, frozenset, int, float, complex, str, bool, slice, object)
+_IMMUTABLE_TYPES = (dict, list, tuple, set, frozenset, int, float, complex, str, bool, object)
 
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     **{("builtins", t.__name__): t for t in _IMMUTABLE_TYPES},
@@ -447,7 +494,8 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("_codecs", "encode"): _guard("_codecs.encode", _safe_codecs_encode),
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("collections", "defaultdict"): collections.defaultdict,
-    ("collections", "deque"): collections.deque,
+    ("collections", "deque"): _PickledDeque,
+    ("builtins", "slice"): _guard("builtins.slice", _safe_slice, slice),
     ("collections", "Counter"): _guard("collections.Counter", collections.Counter),
     ("datetime", "datetime"): datetime.datetime,
     ("datetime", "date"): datetime.date,
@@ -519,7 +567,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file: Any, *, path: str | None = None) -> None:
         super().__init__(file)
         self._path = path
-        self._standins: dict[tuple[str, str], type[StandIn]] = {}
+        self._named: set[tuple[str, str]] = set()
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _compat_pickle.NAME_MAPPING:
@@ -539,14 +587,25 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError("persistent_load", path=self._path, why="persistent ids are not data")
 
     def _standin(self, module: str, name: str) -> type[StandIn]:
+        """The stand-in class of ``module.name``, shared by every file; a file may name only so many."""
         key = (module, name)
-        cls = self._standins.get(key)
+        if key not in self._named:
+            if len(self._named) >= MAX_GLOBALS_PER_FILE:
+                raise UnsafePickleError(
+                    f"{module}.{name}", path=self._path, why=f"more than {MAX_GLOBALS_PER_FILE} distinct globals"
+                )
+            self._named.add(key)
+        cls = _STANDINS.get(key)
         if cls is None:
-            short = name.rsplit(".", 1)[-1]
-            cls = type(short, (StandIn,), {"__rd_module__": module, "__rd_name__": name})
+            cls = type(name.rsplit(".", 1)[-1], (StandIn,), {"__rd_module__": module, "__rd_name__": name})
             cls.__module__ = "rd_assets.unpickler.standins"
-            self._standins[key] = cls
+            if len(_STANDINS) < MAX_CACHED_STANDINS:
+                _STANDINS[key] = cls
         return cls
+
+
+_STANDINS: dict[tuple[str, str], type[StandIn]] = {}
+"""Stand-in classes by global: they are immutable to a pickle, so files can share them (and their memory)."""
 
 
 class _ViewReader:

@@ -651,6 +651,116 @@ def _strided_ndarray() -> bytes:
     )
 
 
+def _reconstructed(memo: int) -> bytes:
+    """An empty plain array from ``_reconstruct``, kept in memo slot ``memo``."""
+    made = _call4(
+        _stack_global("numpy._core.multiarray", "_reconstruct"),
+        _stack_global("numpy", "ndarray"),
+        pickle.MARK + b"K\x00" + pickle.TUPLE,
+        pickle.SHORT_BINBYTES + b"\x01b",
+    )
+    return made + pickle.BINPUT + bytes([memo])
+
+
+def _array_state(count: int, items: bytes | None = None) -> bytes:
+    """``(1, (count,), dtype, False, data)``: ``count`` bytes, or an object array of the ``items`` ops."""
+    data = pickle.MARK + items + pickle.LIST if items is not None else _bin_bytes(b"A" * count)
+    return (
+        pickle.MARK
+        + b"K\x01"
+        + pickle.MARK
+        + b"M"
+        + struct.pack("<H", count)
+        + pickle.TUPLE
+        + _dtype_ops("O" if items is not None else "u1")
+        + pickle.NEWFALSE
+        + data
+        + pickle.TUPLE
+    )
+
+
+def _view_of_array(memo: int, typecode: str, count: int) -> bytes:
+    """``_frombuffer(READONLY_BUFFER(memo[memo]), dtype(typecode), (count,), 'C')``: a view of an array's block."""
+    return _call4(
+        _stack_global("numpy._core.numeric", "_frombuffer"),
+        pickle.BINGET + bytes([memo]) + pickle.READONLY_BUFFER,
+        _dtype_ops(typecode),
+        pickle.MARK + b"M" + struct.pack("<H", count) + pickle.TUPLE,
+        _bin_str("C"),
+    )
+
+
+def _view_then_rebuild() -> bytes:
+    """Use after free: B views A's block, a second ``BUILD`` of A frees that block, B is returned."""
+    return (
+        _reconstructed(200)
+        + _array_state(64)
+        + pickle.BUILD
+        + _view_of_array(200, "u1", 64)
+        + pickle.BINPUT
+        + b"\xc9"
+        + pickle.POP
+        + pickle.BINGET
+        + b"\xc8"
+        + _array_state(4096)
+        + pickle.BUILD
+        + pickle.POP
+        + pickle.BINGET
+        + b"\xc9"
+    )
+
+
+def _object_addresses() -> bytes:
+    """``READONLY_BUFFER`` on an object array re-read as ``<u8``: the raw addresses of its items."""
+    filled = _reconstructed(200) + _array_state(2, items=b"NN") + pickle.BUILD + pickle.POP
+    return filled + _view_of_array(200, "<u8", 2)
+
+
+def nested_calls(callable_ops: bytes, leaf: bytes, args: bytes, depth: int) -> bytes:
+    """``f(...f(leaf)...)`` ``depth`` deep in linear bytes (about 10 per level), built without recursion.
+
+    ``args`` are the argument ops of one call, fetching the value built so far with ``BINGET 1``.
+    """
+    level = pickle.BINPUT + b"\x01" + pickle.POP + pickle.BINGET + b"\x00" + args + pickle.REDUCE
+    return chain4(callable_ops + pickle.BINPUT + b"\x00" + pickle.POP + leaf + level * depth)
+
+
+_INNER = pickle.BINGET + b"\x01"
+NESTING_DEPTH = 200_000
+"""Levels of the nesting gadgets: ~2 MB of pickle; freeing them recursively overflows the C stack."""
+
+NESTING_GADGETS: dict[str, bytes] = {
+    "nested-deque": nested_calls(
+        _stack_global("collections", "deque"),
+        pickle.EMPTY_TUPLE,
+        pickle.MARK + pickle.MARK + _INNER + pickle.TUPLE + pickle.TUPLE,
+        NESTING_DEPTH,
+    ),
+    "nested-slice": nested_calls(
+        _stack_global("builtins", "slice"), b"K\x01", pickle.MARK + _INNER + pickle.TUPLE, NESTING_DEPTH
+    ),
+    "nested-generic-alias": nested_calls(
+        _stack_global("types", "GenericAlias"),
+        _stack_global("builtins", "int"),
+        pickle.MARK + _stack_global("builtins", "list") + _INNER + pickle.TUPLE,
+        NESTING_DEPTH,
+    ),
+    "nested-subscript": nested_calls(
+        _stack_global("_operator", "getitem"),
+        _stack_global("builtins", "int"),
+        pickle.MARK + _stack_global("builtins", "dict") + _INNER + pickle.TUPLE,
+        NESTING_DEPTH,
+    ),
+}
+"""Made only of allow-listed globals; each is either refused or freed without crashing (run in a subprocess)."""
+
+
+def many_globals(count: int) -> bytes:
+    """A list of ``count`` distinct stand-in classes: each distinct global costs a class object."""
+    names = b"".join(_stack_global("rdagent.flood", f"C{i}") for i in range(count))
+    return chain4(pickle.MARK + names + pickle.LIST)
+
+
 MEMORY_GADGETS: dict[str, tuple[bytes, str]] = {
     "dtype-forged-object-flags+frombuffer": (
         chain4(_frombuffer(_forged_flags_dtype(), b"\x41" * 8, 1)),
@@ -659,6 +769,8 @@ MEMORY_GADGETS: dict[str, tuple[bytes, str]] = {
     "object-array-with-short-list": (chain4(_short_object_list()), "numpy.ndarray.__setstate__"),
     "dtype-field-offset-out-of-bounds": (chain4(_oob_field_offset()), "numpy.dtype"),
     "ndarray-called-with-zero-strides": (chain4(_strided_ndarray()), "numpy.ndarray"),
+    "view-of-array-then-rebuild-frees-it": (chain4(_view_then_rebuild()), "numpy._core.numeric._frombuffer"),
+    "object-array-read-as-addresses": (chain4(_object_addresses()), "numpy._core.numeric._frombuffer"),
 }
 """name -> (payload, refused global). Only allow-listed globals; run each in a subprocess in case of a crash."""
 

@@ -22,6 +22,7 @@ from rd_assets.errors import RdAssetsError, UnreadableSnapshotError, UnsafePickl
 from rd_assets.reader import read_task
 from rd_assets.snapshot_index import SnapshotIndex
 from rd_assets.unpickler import (
+    MAX_GLOBALS_PER_FILE,
     SIGNED_MAGIC,
     RestrictedUnpickler,
     StandIn,
@@ -33,9 +34,11 @@ from rd_assets_tests.conftest import PLAIN_TASK, REPO_ROOT, SAMPLES, SIGNED_TASK
 from rd_assets_tests.hostile_pickles import (
     AMPLIFIERS,
     MEMORY_GADGETS,
+    NESTING_GADGETS,
     Call,
     Hostile,
     hostile_corpus,
+    many_globals,
     register_extension,
 )
 from rd_assets_tests.rdagent_fixtures import (
@@ -126,6 +129,49 @@ def test_allow_listed_numpy_globals_cannot_corrupt_memory(name: str) -> None:
     )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout.decode().strip() == f"REFUSED {refused}"
+
+
+@pytest.mark.parametrize("name", sorted(NESTING_GADGETS))
+def test_deeply_nested_allow_listed_objects_are_refused_or_freed_safely(name: str) -> None:
+    """200k levels of deque/slice/generic alias: refused where built, or freed without overflowing the C stack.
+
+    ``collections.deque`` frees its items recursively in C (no trashcan): the unguarded version segfaults.
+    """
+    script = (
+        "import sys\n"
+        "from rd_assets.unpickler import safe_loads\n"
+        "from rd_assets.errors import UnsafePickleError\n"
+        "try:\n"
+        "    obj = safe_loads(sys.stdin.buffer.read())\n"
+        "    del obj\n"
+        "    print('FREED')\n"
+        "except UnsafePickleError as exc:\n"
+        "    print('REFUSED', exc.global_name)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        input=NESTING_GADGETS[name],
+        capture_output=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"signal {-done.returncode}: " + done.stderr.decode()[-2000:]
+    assert done.stdout.decode().split()[0] in {"FREED", "REFUSED"}
+
+
+def test_a_file_may_name_only_so_many_distinct_globals() -> None:
+    """Every distinct global is a new class object (13 MiB of names once cost 2.3 GiB): capped per file."""
+    with pytest.raises(UnsafePickleError) as info:
+        safe_loads(many_globals(MAX_GLOBALS_PER_FILE + 1))
+    assert "distinct globals" in info.value.message
+    assert len(safe_loads(many_globals(100))) == 100
+
+
+def test_stand_in_classes_are_shared_between_files() -> None:
+    """The same global read from two files is one class, so repeated reads do not grow memory."""
+    first, second = safe_loads(many_globals(3)), safe_loads(many_globals(3))
+    assert [id(c) for c in first] == [id(c) for c in second]
 
 
 @pytest.mark.parametrize("name", sorted(AMPLIFIERS))
