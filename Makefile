@@ -25,13 +25,16 @@ lint: install
 	$(BIN)/ruff format rd_assets rd_assets_tests bench
 
 # Extract the three bundled samples with the CLI, then start the Dagster UI + daemon on 127.0.0.1:3000.
+# The samples mix one signed run with plain ones: with a key configured, plain runs are refused unless
+# RD_ASSETS_ALLOW_UNSIGNED=1 says so explicitly.
+SAMPLE_ENV := RD_ASSETS_SIGNING_KEY=$(SAMPLE_KEY) RD_ASSETS_ALLOW_UNSIGNED=1
 dev: install
 	for task in $(SAMPLES)/log/*/; do \
-		RD_ASSETS_SIGNING_KEY=$(SAMPLE_KEY) $(BIN)/rd-assets extract $$task --store .rd_assets_store \
+		$(SAMPLE_ENV) $(BIN)/rd-assets extract $$task --store .rd_assets_store \
 			--path-map /mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace=$(SAMPLES)/workspaces || exit 1; \
 	done
 	mkdir -p .dagster_home && cp dagster.yaml .dagster_home/dagster.yaml
-	RD_ASSETS_SIGNING_KEY=$(SAMPLE_KEY) DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	$(SAMPLE_ENV) DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 bench: install
 	$(BIN)/python bench/bench_session_reader.py

@@ -56,9 +56,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rd_assets.reader import read_task  # noqa: E402
+from rd_assets.session_file import load_session_file  # noqa: E402
 from rd_assets.snapshot_index import SnapshotIndex  # noqa: E402
 from rd_assets.trace import hist_of  # noqa: E402
-from rd_assets.unpickler import load_session_file  # noqa: E402
 from rd_assets_tests.rdagent_fixtures import (  # noqa: E402
     EVOLVING_ITEM,
     FACTOR_TASK,

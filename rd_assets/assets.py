@@ -53,9 +53,9 @@ from rd_assets.model_introspection import ModelExport, introspect_model
 from rd_assets.model_meta import build_model_meta
 from rd_assets.models import SnapshotSelection, SotaFactorExperiment
 from rd_assets.partitions import rd_task_partitions
-from rd_assets.reader import TaskReading, read_task, reload_anchor_experiment
+from rd_assets.reader import TaskReading, read_task, reload_anchor
 from rd_assets.resources import BundleStore, RdLogRoot
-from rd_assets.weights import ModelWeight, resolve_model_weight
+from rd_assets.weights import ModelWeight
 
 GROUP = "rd_task"
 META_UNPICKLED = "unpickled_snapshots"
@@ -160,7 +160,7 @@ def model_weight(
 ) -> Iterator[Output[ModelWeight] | AssetCheckResult]:
     access = AccessLog()
     hist_index = last_sota_factor_exp.last_sota_factor_index
-    exp = reload_anchor_experiment(
+    chosen = reload_anchor(
         rd_log_root.log_dir(context.partition_key),
         session_snapshot,
         hist_index,
@@ -168,7 +168,7 @@ def model_weight(
         access=access,
     )
     try:
-        weight = resolve_model_weight(exp, hist_index=hist_index)
+        weight = chosen.require_weight()
     except WeightsNotPersistedError as exc:
         yield weight_source_result(None, last_sota_factor_exp, exc)
         raise

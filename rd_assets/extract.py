@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from rd_assets.access_log import AccessLog
 from rd_assets.artifact_models import FactorOrder, ModelMeta
@@ -40,12 +39,12 @@ from rd_assets.model_introspection import ModelExport, introspect_model
 from rd_assets.model_meta import build_model_meta
 from rd_assets.models import ErrorInfo, SnapshotSelection, SotaFactorExperiment
 from rd_assets.path_map import PathMap
-from rd_assets.reader import TaskReading, read_task, reload_anchor_experiment
+from rd_assets.reader import TaskReading, read_task, reload_anchor
+from rd_assets.session_file import SignatureStatus
+from rd_assets.session_reading import AnchorReading
 from rd_assets.snapshot_index import SnapshotIndex
 from rd_assets.snapshots import SESSION_DIR, newer_unreadable
-from rd_assets.trace import anchor_experiment
-from rd_assets.unpickler import SignatureStatus
-from rd_assets.weights import ModelWeight, resolve_model_weight
+from rd_assets.weights import ModelWeight
 
 NEWER_SNAPSHOT_UNREADABLE = "newer_snapshot_unreadable"
 SIGNATURE_UNVERIFIED = "signature_unverified"
@@ -78,9 +77,9 @@ def _outside_session(access: AccessLog, log_dir: Path) -> list[str]:
     return sorted({p for p in access.opened_paths if session not in Path(p).parents})
 
 
-def _weight(exp: object, hist_index: int, allow_incomplete: bool) -> tuple[ModelWeight | None, ErrorInfo | None]:
+def _weight(chosen: AnchorReading, allow_incomplete: bool) -> tuple[ModelWeight | None, ErrorInfo | None]:
     try:
-        return resolve_model_weight(exp, hist_index=hist_index), None
+        return chosen.require_weight(), None
     except WeightsNotPersistedError as exc:
         if not allow_incomplete:
             raise
@@ -106,17 +105,17 @@ class BundleParts:
         )
 
 
-def _anchor_object(log_dir: Path, reading: TaskReading, signing_key: str | None, access: AccessLog) -> tuple[Any, int]:
-    """The anchor experiment object (weights are not cached) and how many snapshots this run unpickled."""
+def _chosen(
+    log_dir: Path, reading: TaskReading, signing_key: str | None, access: AccessLog
+) -> tuple[AnchorReading, int]:
+    """The anchor with its weight (weights are not cached) and how many snapshots this run unpickled."""
     selection, anchor = reading.selection, reading.anchor
     if anchor is None:
         raise UnreadableSnapshotError("the chosen snapshot gave no anchor", path=selection.chosen_snapshot)
-    if reading.loaded is not None:  # this read unpickled the chosen snapshot already: its anchor is the summary's
-        return anchor_experiment(reading.loaded.obj, path=selection.chosen_snapshot)[1], reading.unpickled
-    exp = reload_anchor_experiment(
-        log_dir, selection, anchor.last_sota_factor_index, signing_key=signing_key, access=access
-    )
-    return exp, reading.unpickled + 1
+    if reading.chosen is not None:  # this read interpreted the chosen snapshot already
+        return reading.chosen, reading.unpickled
+    chosen = reload_anchor(log_dir, selection, anchor.last_sota_factor_index, signing_key=signing_key, access=access)
+    return chosen, reading.unpickled + 1
 
 
 def collect_warnings(
@@ -210,11 +209,11 @@ def collect_parts(
     if reading.error is not None:
         raise reading.error
     selection = reading.selection
-    exp, unpickled = _anchor_object(log_dir, reading, signing_key, access)
+    chosen, unpickled = _chosen(log_dir, reading, signing_key, access)
     anchor = reading.anchor
-    assert anchor is not None  # _anchor_object refused a reading without one
-    weight, weight_error = _weight(exp, anchor.last_sota_factor_index, allow_incomplete)
-    del exp, reading
+    assert anchor is not None  # _chosen refused a reading without one
+    weight, weight_error = _weight(chosen, allow_incomplete)
+    del chosen, reading
     model = introspect_model(weight.data) if weight is not None else None
     weight_class = model.introspection.class_path if model is not None else None
     order = resolve_factor_order(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rd_assets.access_log import AccessLog
 from rd_assets.errors import (
@@ -20,10 +19,9 @@ from rd_assets.errors import (
     UnreadableSnapshotError,
 )
 from rd_assets.models import ErrorInfo, InspectResult, SnapshotCandidate, SnapshotSelection, SotaFactorExperiment
+from rd_assets.session_reading import AnchorReading, read_anchor
 from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.snapshots import Progress, file_key, load_chosen, select_snapshot
-from rd_assets.trace import anchor_experiment, interpret_trace
-from rd_assets.unpickler import LoadedSession
+from rd_assets.snapshots import NOT_CACHED, Progress, file_key, open_chosen, select_snapshot
 
 ENV_SIGNING_KEY = "RD_ASSETS_SIGNING_KEY"
 
@@ -37,8 +35,8 @@ class TaskReading:
     selection: SnapshotSelection
     anchor: SotaFactorExperiment | None
     error: RdAssetsError | None
-    loaded: LoadedSession | None
-    """The chosen snapshot when this read had to unpickle it; reuse it instead of reading it again."""
+    chosen: AnchorReading | None
+    """The chosen snapshot's anchor and weight when this read had to interpret it; reuse it, do not read again."""
     unpickled: int
 
 
@@ -67,25 +65,33 @@ def read_task(
     log_dir = log_dir.resolve()
     outcome = select_snapshot(log_dir, index=index, signing_key=signing_key, progress=progress, access=access)
     selection = outcome.selection
-    key = file_key(log_dir, outcome.chosen, signing_key)
-    hit = index.get_many("trace", str(log_dir)).get(selection.chosen_snapshot)
-    if hit is not None and hit[0] == key:
-        cached = ErrorInfo.model_validate_json(hit[1]) if hit[1].startswith('{"code"') else None
-        if cached is not None:
-            return TaskReading(selection, None, _cached_error(cached), None, outcome.unpickled)
-        return TaskReading(selection, SotaFactorExperiment.model_validate_json(hit[1]), None, None, outcome.unpickled)
-    loaded = outcome.loaded
-    unpickled = outcome.unpickled
-    if loaded is None:
-        loaded = load_chosen(log_dir, selection.chosen_snapshot, signing_key=signing_key, access=access)
-        unpickled += 1
+    body = outcome.body
     try:
-        anchor = interpret_trace(loaded.obj, task_id=log_dir.name, chosen_snapshot=selection.chosen_snapshot)
-    except RdAssetsError as exc:
-        index.put("trace", key, ErrorInfo(code=exc.code, message=exc.message, path=exc.path).model_dump_json())
-        return TaskReading(selection, None, exc, loaded, unpickled)
-    index.put("trace", key, anchor.model_dump_json())
-    return TaskReading(selection, anchor, None, loaded, unpickled)
+        key = file_key(log_dir, outcome.chosen, signing_key)
+        hit = index.get_many("trace", str(log_dir)).get(selection.chosen_snapshot)
+        if hit is not None and hit[0] == key:
+            cached = ErrorInfo.model_validate_json(hit[1]) if hit[1].startswith('{"code"') else None
+            if cached is not None:
+                return TaskReading(selection, None, _cached_error(cached), None, outcome.unpickled)
+            anchor = SotaFactorExperiment.model_validate_json(hit[1])
+            return TaskReading(selection, anchor, None, None, outcome.unpickled)
+        unpickled = outcome.unpickled
+        scan: str | None = outcome.scan
+        if body is None:
+            body = open_chosen(log_dir, selection.chosen_snapshot, signing_key=signing_key, access=access)
+            scan = None
+            unpickled += 1
+        try:
+            chosen = read_anchor(body, scan, log_dir.name, None)
+        except RdAssetsError as exc:
+            if exc.code not in NOT_CACHED:
+                index.put("trace", key, ErrorInfo(code=exc.code, message=exc.message, path=exc.path).model_dump_json())
+            return TaskReading(selection, None, exc, None, unpickled)
+        index.put("trace", key, chosen.anchor.model_dump_json())
+        return TaskReading(selection, chosen.anchor, None, chosen, unpickled)
+    finally:
+        if body is not None:
+            body.close()
 
 
 def _skipped_candidates(error: RdAssetsError | None) -> list[SnapshotCandidate]:
@@ -114,27 +120,21 @@ def inspect_result(log_dir: Path, reading: TaskReading | None, error: RdAssetsEr
     )
 
 
-def reload_anchor_experiment(
+def reload_anchor(
     log_dir: Path,
     selection: SnapshotSelection,
     anchor_index: int,
     *,
     signing_key: str | bytes | None = None,
     access: AccessLog | None = None,
-) -> Any:
-    """Unpickle the chosen snapshot again for what is not cached (weight bytes) and return its anchor experiment.
+) -> AnchorReading:
+    """Read the chosen snapshot again for what is not cached (weight bytes).
 
     Refuses a snapshot whose size or anchor differs from the selection it is supposed to belong to.
     """
     relpath = selection.chosen_snapshot
-    loaded = load_chosen(log_dir, relpath, signing_key=signing_key, access=access)
     chosen = next(c for c in selection.candidates if c.relpath == relpath)
-    if loaded.size != chosen.size:
-        raise SessionChangedError(f"{relpath} is {loaded.size} bytes now, {chosen.size} when selected", path=relpath)
-    hist_index, exp = anchor_experiment(loaded.obj, path=relpath)
-    if hist_index != anchor_index:
-        raise SessionChangedError(
-            f"the snapshot's anchor is trace.hist[{hist_index}], the selected one trace.hist[{anchor_index}]",
-            path=relpath,
-        )
-    return exp
+    with open_chosen(log_dir, relpath, signing_key=signing_key, access=access) as body:
+        if body.size != chosen.size:
+            raise SessionChangedError(f"{relpath} is {body.size} bytes now, {chosen.size} when selected", path=relpath)
+        return read_anchor(body, None, log_dir.resolve().name, anchor_index)

@@ -27,9 +27,11 @@ def default_index_path() -> Path:
     return cache / "rd-assets" / "snapshot-index.sqlite3"
 
 
-def key_fingerprint(signing_key: str | bytes | None, *, require_signature: bool = False) -> str:
+def key_fingerprint(
+    signing_key: str | bytes | None, *, require_signature: bool = False, allow_unsigned: bool = False
+) -> str:
     """Cache-key part for the signature policy: a summary read under another key or policy is not reused."""
-    policy = "+required" if require_signature else ""
+    policy = ("+required" if require_signature else "") + ("+unsigned" if allow_unsigned else "")
     if signing_key is None:
         return "-" + policy
     raw = signing_key.encode() if isinstance(signing_key, str) else signing_key

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,27 +32,25 @@ from rd_assets.errors import (
     NoReadableSnapshotError,
     NoSnapshotError,
     RdAssetsError,
-    SignatureUnverifiedError,
+    ReaderCrashedError,
+    ReaderLimitExceededError,
     UnreadableSnapshotError,
-    UnsignedSnapshotError,
 )
 from rd_assets.models import ErrorInfo, SnapshotCandidate, SnapshotSelection
+from rd_assets.session_file import SessionBody, open_session_body, signature_required, unsigned_allowed
+from rd_assets.session_reading import summarize_snapshot
 from rd_assets.snapshot_index import FileKey, SnapshotIndex, key_fingerprint
-from rd_assets.trace import hist_of
-from rd_assets.unpickler import SIGNED_MAGIC, LoadedSession, class_path, gc_paused, load_session_file
+from rd_assets.unpickler import gc_paused
 
 SESSION_DIR = "__session__"
 TIE_RULE = "longest trace.hist; ties broken by the highest (loop_idx, step_idx)"
-_STEP_RE = re.compile(r"^(\d+)_(.+)$")
-_RELPATH_RE = re.compile(rf"^{SESSION_DIR}/(\d+)/(\d+)_([^/]+)$")
+_LOOP_RE = re.compile(r"^[0-9]+$")
+_STEP_RE = re.compile(r"^([0-9]+)_(.+)$")
+_RELPATH_RE = re.compile(rf"^{SESSION_DIR}/([0-9]+)/([0-9]+)_([^/]+)$")
 _BACKUP_RE = re.compile(r"\.(bak|backup)[\w.-]*$", re.IGNORECASE)
 SKIPPED_BACKUP = "skipped_backup"
-ENV_REQUIRE_SIGNATURE = "RD_ASSETS_REQUIRE_SIGNATURE"
-
-
-def signature_required() -> bool:
-    """``RD_ASSETS_REQUIRE_SIGNATURE=1`` (or true/yes): refuse session files that are not verified."""
-    return os.environ.get(ENV_REQUIRE_SIGNATURE, "").strip().lower() in {"1", "true", "yes"}
+NOT_CACHED = frozenset({ReaderCrashedError.code, ReaderLimitExceededError.code})
+"""Outcomes that depend on this machine's limits, not on the file: read again next time."""
 
 
 def is_backup(step_name: str) -> bool:
@@ -70,39 +69,82 @@ class SnapshotFile:
     step_name: str
     size: int
     mtime_ns: int
+    utf8_name: bool = True
+    """False for a name with bytes that are not UTF-8: listed as skipped, never opened."""
+
+
+def _session_dir(log_dir: Path) -> Path | None:
+    """``__session__`` if it is a real directory of the task dir; ``None`` when absent; refused if a symlink."""
+    session = log_dir / SESSION_DIR
+    try:
+        mode = session.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InvalidLogDirError(f"cannot stat {SESSION_DIR}: {exc.strerror}", path=str(session)) from exc
+    if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
+        what = "a symlink" if stat.S_ISLNK(mode) else "not a directory"
+        raise InvalidLogDirError(
+            f"{SESSION_DIR} is {what}; only a real folder inside the task dir is read", path=str(session)
+        )
+    return session
+
+
+def _listing(folder: Path, access: AccessLog | None) -> list[os.DirEntry[str]]:
+    """One folder's entries; a folder that cannot be listed fails the task (a newer snapshot may be inside)."""
+    if access:
+        access.listed(folder)
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as exc:
+        raise InvalidLogDirError(
+            f"cannot list {folder.name} ({exc.strerror or exc}); the newest snapshot may be inside it", path=str(folder)
+        ) from exc
+
+
+def _utf8_name(name: str) -> str | None:
+    """The name if it is valid UTF-8 (file names are bytes; a 0xff byte arrives here as a lone surrogate)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return name
 
 
 def discover(log_dir: Path, *, access: AccessLog | None = None) -> list[SnapshotFile]:
-    """All snapshot files, sorted by (loop_idx, step_idx), found with scandir/stat only."""
+    """All snapshot files, sorted by (loop_idx, step_idx), found with scandir/lstat only (never a symlink)."""
     if not log_dir.is_dir():
         raise InvalidLogDirError("log dir does not exist or is not a directory", path=str(log_dir))
-    session = log_dir / SESSION_DIR
-    found: list[SnapshotFile] = []
-    try:
-        if access:
-            access.listed(session)
-        loops = [e for e in os.scandir(session) if e.name.isdigit() and e.is_dir(follow_symlinks=False)]
-    except FileNotFoundError:
+    session = _session_dir(log_dir)
+    if session is None:
         return []
-    except OSError as exc:
-        raise InvalidLogDirError(f"cannot list {SESSION_DIR}: {exc.strerror}", path=str(session)) from exc
+    found: list[SnapshotFile] = []
+    loops = [e for e in _listing(session, access) if _LOOP_RE.match(e.name) and e.is_dir(follow_symlinks=False)]
     for loop in loops:
-        if access:
-            access.listed(Path(loop.path))
-        for entry in os.scandir(loop.path):
+        for entry in _listing(Path(loop.path), access):
             match = _STEP_RE.match(entry.name)
             if not match or not entry.is_file(follow_symlinks=False):
                 continue
+            name = _utf8_name(entry.name)
+            step_name = (
+                match.group(2)
+                if name is not None
+                else entry.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            )
             st = entry.stat(follow_symlinks=False)
             found.append(
                 SnapshotFile(
                     path=Path(entry.path),
-                    relpath=f"{SESSION_DIR}/{loop.name}/{entry.name}",
+                    relpath=f"{SESSION_DIR}/{loop.name}/{match.group(1)}_{step_name}"
+                    if name is None
+                    else f"{SESSION_DIR}/{loop.name}/{entry.name}",
                     loop_idx=int(loop.name),
                     step_idx=int(match.group(1)),
-                    step_name=match.group(2),
+                    step_name=step_name,
                     size=st.st_size,
                     mtime_ns=st.st_mtime_ns,
+                    utf8_name=name is not None,
                 )
             )
     found.sort(key=lambda f: (f.loop_idx, f.step_idx, f.step_name))
@@ -110,7 +152,7 @@ def discover(log_dir: Path, *, access: AccessLog | None = None) -> list[Snapshot
 
 
 def file_key(log_dir: Path, snap: SnapshotFile, signing_key: str | bytes | None) -> FileKey:
-    key_fp = key_fingerprint(signing_key, require_signature=signature_required())
+    key_fp = key_fingerprint(signing_key, require_signature=signature_required(), allow_unsigned=unsigned_allowed())
     return FileKey(str(log_dir), snap.relpath, snap.size, snap.mtime_ns, key_fp)
 
 
@@ -126,48 +168,50 @@ def _candidate(snap: SnapshotFile, **fields: Any) -> SnapshotCandidate:
     )
 
 
+def _skip(snap: SnapshotFile, code: str, why: str) -> SnapshotCandidate:
+    return _candidate(snap, error=ErrorInfo(code=code, message=why, path=snap.relpath))
+
+
+def open_snapshot(log_dir: Path, snap: SnapshotFile, *, signing_key: str | bytes | None) -> SessionBody:
+    """The snapshot's bytes, opened without following any symlink under the task dir and verified."""
+    return _open_under_session(log_dir, snap.relpath, signing_key)
+
+
+def _open_under_session(log_dir: Path, relpath: str, signing_key: str | bytes | None) -> SessionBody:
+    """Open ``__session__/<loop>/<file>`` from ``__session__`` down, no symlink followed on the way."""
+    inner = Path(relpath).relative_to(SESSION_DIR)
+    return open_session_body(inner, signing_key=signing_key, shown=relpath, root=log_dir / SESSION_DIR)
+
+
 def read_candidate(
-    snap: SnapshotFile, *, signing_key: str | bytes | None, access: AccessLog | None = None
-) -> tuple[SnapshotCandidate, LoadedSession | None]:
-    """Unpickle one snapshot; a failure becomes the candidate's ``error`` instead of an exception."""
+    log_dir: Path, snap: SnapshotFile, *, signing_key: str | bytes | None, scan: str, access: AccessLog | None = None
+) -> tuple[SnapshotCandidate, SessionBody | None]:
+    """Open, verify and summarise one snapshot (in the reader); a failure becomes the candidate's ``error``.
+
+    Returns the opened body too, so the caller can keep the best one for reading its anchor.
+    """
     if is_backup(snap.step_name):
-        why = "a backup copy (.bak) left by a re-save is not a snapshot; not opened"
-        return _candidate(snap, error=ErrorInfo(code=SKIPPED_BACKUP, message=why, path=snap.relpath)), None
+        return _skip(snap, SKIPPED_BACKUP, "a backup copy (.bak) left by a re-save is not a snapshot; not opened"), None
+    if not snap.utf8_name:
+        return _skip(snap, UnreadableSnapshotError.code, "the file name is not valid UTF-8; not opened"), None
     if access:
         access.opened(snap.path)
+    body = None
     try:
-        if signature_required():
-            _refuse_unverifiable(snap, signing_key)
-        loaded = load_session_file(snap.path, signing_key=signing_key, display=snap.relpath)
-        hist = hist_of(loaded.obj, path=snap.relpath)
-    except RdAssetsError as exc:  # unsafe, unreadable, badly signed or unsigned under the policy
-        return _candidate(snap, error=ErrorInfo(code=exc.code, message=exc.message, path=snap.relpath)), None
-    return (
-        _candidate(
-            snap,
-            hist_len=len(hist),
-            file_format=loaded.file_format.value,
-            signature=loaded.signature.value,
-            loop_class=class_path(loaded.obj),
-        ),
-        loaded,
+        body = open_snapshot(log_dir, snap, signing_key=signing_key)
+        summary = summarize_snapshot(body, scan)
+    except RdAssetsError as exc:  # unsafe, unreadable, badly signed, unsigned under the policy, reader died
+        if body is not None:
+            body.close()
+        return _skip(snap, exc.code, exc.message), None
+    candidate = _candidate(
+        snap,
+        hist_len=summary.hist_len,
+        file_format=body.file_format.value,
+        signature=body.signature.value,
+        loop_class=summary.loop_class,
     )
-
-
-def _refuse_unverifiable(snap: SnapshotFile, signing_key: str | bytes | None) -> None:
-    """Under ``RD_ASSETS_REQUIRE_SIGNATURE``: refuse from the header alone, before anything is unpickled."""
-    try:
-        with open(snap.path, "rb") as fh:
-            head = fh.read(len(SIGNED_MAGIC))
-    except OSError as exc:
-        raise UnreadableSnapshotError(f"cannot read file ({exc.strerror or exc})", path=snap.relpath) from exc
-    if head != SIGNED_MAGIC:
-        raise UnsignedSnapshotError(f"a plain pickle, and {ENV_REQUIRE_SIGNATURE} is set", path=snap.relpath)
-    if signing_key is None:
-        raise SignatureUnverifiedError(
-            f"signed, but no RD_ASSETS_SIGNING_KEY is configured to verify it, and {ENV_REQUIRE_SIGNATURE} is set",
-            path=snap.relpath,
-        )
+    return candidate, body
 
 
 def newer_unreadable(selection: SnapshotSelection) -> list[ErrorInfo]:
@@ -187,8 +231,10 @@ def newer_unreadable(selection: SnapshotSelection) -> list[ErrorInfo]:
 class SelectionOutcome:
     selection: SnapshotSelection
     chosen: SnapshotFile
-    loaded: LoadedSession | None
-    """The chosen snapshot, when it had to be unpickled during this selection (None on a warm run)."""
+    body: SessionBody | None
+    """The chosen snapshot's verified bytes when this scan read it (its object is kept by the reader under
+    ``scan``); ``None`` on a warm run. The caller closes it."""
+    scan: str
     unpickled: int
     index_note: str | None
 
@@ -211,26 +257,34 @@ def select_snapshot(
     cached = index.get_many("summary", str(log_dir))
     candidates: list[SnapshotCandidate] = []
     best: tuple[int, SnapshotFile, SnapshotCandidate] | None = None
-    best_loaded: LoadedSession | None = None
+    best_body: SessionBody | None = None
+    scan = uuid.uuid4().hex
     unpickled = 0
-    with gc_paused():  # see unpickler.gc_paused: one pause for the whole scan
-        for n, snap in enumerate(snaps, 1):
-            key = file_key(log_dir, snap, signing_key)
-            hit = cached.get(snap.relpath)
-            loaded = None
-            if hit is not None and hit[0] == key:
-                cand = SnapshotCandidate.model_validate_json(hit[1])
-            else:
-                cand, loaded = read_candidate(snap, signing_key=signing_key, access=access)
-                unpickled += 1
-                index.put("summary", key, cand.model_dump_json())
-            candidates.append(cand)
-            if cand.hist_len is not None and (best is None or cand.hist_len >= best[0]):
-                best = (cand.hist_len, snap, cand)
-                best_loaded = loaded
-            del loaded
-            if progress:
-                progress(n, len(snaps), snap.relpath)
+    try:
+        with gc_paused():  # see unpickler.gc_paused: one pause for the whole scan
+            for n, snap in enumerate(snaps, 1):
+                key = file_key(log_dir, snap, signing_key)
+                hit = cached.get(snap.relpath)
+                body = None
+                if hit is not None and hit[0] == key:
+                    cand = SnapshotCandidate.model_validate_json(hit[1])
+                else:
+                    cand, body = read_candidate(log_dir, snap, signing_key=signing_key, scan=scan, access=access)
+                    unpickled += 1
+                    if cand.error is None or cand.error.code not in NOT_CACHED:
+                        index.put("summary", key, cand.model_dump_json())
+                candidates.append(cand)
+                if cand.hist_len is not None and (best is None or cand.hist_len >= best[0]):
+                    best = (cand.hist_len, snap, cand)
+                    body, best_body = best_body, body
+                if body is not None:
+                    body.close()
+                if progress:
+                    progress(n, len(snaps), snap.relpath)
+    except BaseException:
+        if best_body is not None:
+            best_body.close()
+        raise
     if best is None:
         reasons = sorted({c.error.code for c in candidates if c.error})
         raise NoReadableSnapshotError(
@@ -254,32 +308,24 @@ def select_snapshot(
         file_format=chosen_cand.file_format,
         signature=chosen_cand.signature,
     )
-    return SelectionOutcome(selection, chosen, best_loaded, unpickled, index.unavailable_reason)
+    return SelectionOutcome(selection, chosen, best_body, scan, unpickled, index.unavailable_reason)
 
 
-def load_chosen(
+def open_chosen(
     log_dir: Path,
     relpath: str,
     *,
     signing_key: str | bytes | None = None,
     access: AccessLog | None = None,
-) -> LoadedSession:
-    """Unpickle the chosen snapshot again (for artifacts such as weight bytes that are not cached).
+) -> SessionBody:
+    """Open the chosen snapshot again (for what is not cached, such as weight bytes).
 
-    Only that one file and its loop folder are stat'ed: re-listing ``__session__`` on a slow mount would
-    cost as much as the whole scan did. The same rules as :func:`discover` apply (no symlinks, no other path).
+    Only that one file is opened, through its folders without following symlinks: re-listing ``__session__``
+    on a slow mount would cost as much as the whole scan did.
     """
-    match = _RELPATH_RE.match(relpath)
-    if match is None:
+    if _RELPATH_RE.match(relpath) is None:
         raise UnreadableSnapshotError(f"not a {SESSION_DIR}/<loop>/<step>_<name> relpath", path=relpath)
     log_dir = log_dir.resolve()
-    path = log_dir / relpath
-    try:
-        loop_mode, file_mode = (log_dir / SESSION_DIR / match.group(1)).lstat().st_mode, path.lstat().st_mode
-    except OSError as exc:
-        raise UnreadableSnapshotError("chosen snapshot disappeared from the log dir", path=relpath) from exc
-    if not (stat.S_ISDIR(loop_mode) and stat.S_ISREG(file_mode)):
-        raise UnreadableSnapshotError("chosen snapshot is not a regular file in a loop folder", path=relpath)
     if access:
-        access.opened(path)
-    return load_session_file(path, signing_key=signing_key, display=relpath)
+        access.opened(log_dir / relpath)
+    return _open_under_session(log_dir, relpath, signing_key)

@@ -39,11 +39,7 @@ import contextlib
 import datetime
 import decimal
 import gc
-import hashlib
-import hmac
-import io
 import math
-import os
 import pathlib
 import pickle
 import sys
@@ -51,16 +47,11 @@ import types
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rd_assets.errors import SignatureMismatchError, UnreadableSnapshotError, UnsafePickleError
-
-SIGNED_MAGIC = b"RDAGENT_SIGNED_PICKLE_V1\n"
-SIGNED_HEADER_LEN = len(SIGNED_MAGIC) + 32
+from rd_assets.errors import UnreadableSnapshotError, UnsafePickleError
 
 MAX_LAZY_ITEMS = 1 << 16
 """Largest ``range`` / ``_reconstruct`` size (items, bytes) a pickle may ask for; genuine files ask for (0,)."""
@@ -682,145 +673,3 @@ def _load(reader: Any, path: str | None) -> Any:
 def safe_loads(data: bytes | memoryview, *, path: str | None = None) -> Any:
     """Unpickle ``data`` with :class:`RestrictedUnpickler`; every failure becomes a typed error."""
     return _load(_ViewReader(data), path)
-
-
-class FileFormat(StrEnum):
-    PLAIN = "plain"
-    SIGNED = "signed"
-
-
-class SignatureStatus(StrEnum):
-    VERIFIED = "verified"
-    NOT_VERIFIED = "signature not verified"
-    UNSIGNED = "unsigned"
-
-
-@dataclass(frozen=True)
-class SessionPayload:
-    """The pickle bytes of a session file after its format was recognised (and its HMAC checked)."""
-
-    body: memoryview
-    file_format: FileFormat
-    signature: SignatureStatus
-
-
-def signing_key_digest(signing_key: str | bytes) -> bytes:
-    """rdagent 1.0 keys its HMAC with ``sha256(ARTIFACT_SIGNING_KEY)``."""
-    raw = signing_key.encode() if isinstance(signing_key, str) else signing_key
-    return hashlib.sha256(raw).digest()
-
-
-def parse_session_bytes(data: bytes, *, signing_key: str | bytes | None, path: str | None) -> SessionPayload:
-    """Recognise plain vs signed files; verify the HMAC when a key is configured, refuse a mismatch."""
-    if not data:
-        raise UnreadableSnapshotError("empty file", path=path)
-    view = memoryview(data)
-    if not data.startswith(SIGNED_MAGIC):
-        return SessionPayload(view, FileFormat.PLAIN, SignatureStatus.UNSIGNED)
-    if len(data) <= SIGNED_HEADER_LEN:
-        raise UnreadableSnapshotError("signed file truncated inside its header", path=path)
-    mac, body = view[len(SIGNED_MAGIC) : SIGNED_HEADER_LEN], view[SIGNED_HEADER_LEN:]
-    if signing_key is None:
-        return SessionPayload(body, FileFormat.SIGNED, SignatureStatus.NOT_VERIFIED)
-    expected = hmac.new(signing_key_digest(signing_key), body, hashlib.sha256).digest()
-    if not hmac.compare_digest(expected, bytes(mac)):
-        raise SignatureMismatchError("HMAC-SHA256 does not match the configured signing key", path=path)
-    return SessionPayload(body, FileFormat.SIGNED, SignatureStatus.VERIFIED)
-
-
-@dataclass(frozen=True)
-class LoadedSession:
-    obj: Any
-    file_format: FileFormat
-    signature: SignatureStatus
-    size: int
-
-
-class _MacReader:
-    """Passes a buffered file through to the unpickler while feeding every consumed byte to an HMAC.
-
-    The C unpickler ``peek``s ahead and then ``read``s exactly what it consumed, so the MAC sees each byte
-    once, in order; the signed body is verified without ever holding the whole file in memory.
-    """
-
-    __slots__ = ("_mac", "_raw")
-
-    def __init__(self, raw: io.BufferedReader, mac: hmac.HMAC) -> None:
-        self._raw = raw
-        self._mac = mac
-
-    def peek(self, n: int = 0) -> bytes:
-        return self._raw.peek(n)
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self._mac.update(data)
-        return data
-
-    def readinto(self, buf: Any) -> int:
-        n = self._raw.readinto(buf)
-        self._mac.update(memoryview(buf)[:n])
-        return n
-
-    def readline(self, limit: int = -1) -> bytes:
-        data = self._raw.readline(limit)
-        self._mac.update(data)
-        return data
-
-
-_READ_BUFFER = 1 << 16
-
-
-def load_session_file(
-    path: Path, *, signing_key: str | bytes | None = None, display: str | None = None
-) -> LoadedSession:
-    """Read one session file (opened read-only, never written) and unpickle it safely, streaming.
-
-    The unpickler reads straight from a buffered file: large byte strings (weights) land in their final
-    object with one copy and the file is never held in memory as a whole. No mmap: a file truncated while
-    it is mapped (rdagent rewriting a snapshot) would kill the process with SIGBUS. With a signing key the
-    HMAC is computed over the bytes as they stream; a mismatch is reported in preference to any other
-    failure of that file, and the unpickled object is discarded.
-    """
-    shown = display or str(path)
-    try:
-        fh = open(path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 - closed below, errors mapped first
-    except OSError as exc:
-        raise UnreadableSnapshotError(f"cannot read file ({exc.strerror or exc})", path=shown) from exc
-    with fh:
-        try:
-            size = os.fstat(fh.fileno()).st_size
-            head = fh.read(SIGNED_HEADER_LEN)
-        except OSError as exc:
-            raise UnreadableSnapshotError(f"cannot read file ({exc.strerror or exc})", path=shown) from exc
-        if not head:
-            raise UnreadableSnapshotError("empty file", path=shown)
-        if not head.startswith(SIGNED_MAGIC):
-            fh.seek(0)
-            return LoadedSession(_load(fh, shown), FileFormat.PLAIN, SignatureStatus.UNSIGNED, size)
-        if len(head) < SIGNED_HEADER_LEN or size <= SIGNED_HEADER_LEN:
-            raise UnreadableSnapshotError("signed file truncated inside its header", path=shown)
-        if signing_key is None:
-            return LoadedSession(_load(fh, shown), FileFormat.SIGNED, SignatureStatus.NOT_VERIFIED, size)
-        mac = hmac.new(signing_key_digest(signing_key), digestmod=hashlib.sha256)
-        reader = _MacReader(fh, mac)
-        try:
-            obj = _load(reader, shown)
-        except (UnsafePickleError, UnreadableSnapshotError) as exc:
-            _ensure_signature(reader, mac, head, shown, cause=exc)
-            raise
-        _ensure_signature(reader, mac, head, shown)
-        return LoadedSession(obj, FileFormat.SIGNED, SignatureStatus.VERIFIED, size)
-
-
-def _ensure_signature(
-    reader: _MacReader, mac: hmac.HMAC, head: bytes, shown: str, *, cause: Exception | None = None
-) -> None:
-    """Feed the rest of the body to ``mac`` (bytes after the pickle's STOP count too) and compare."""
-    try:
-        while reader.read(_READ_BUFFER * 16):
-            pass
-    except OSError as exc:
-        raise UnreadableSnapshotError(f"cannot read file ({exc.strerror or exc})", path=shown) from exc
-    if not hmac.compare_digest(mac.digest(), head[len(SIGNED_MAGIC) : SIGNED_HEADER_LEN]):
-        raise SignatureMismatchError("HMAC-SHA256 does not match the configured signing key", path=shown) from cause

@@ -9,6 +9,7 @@ recomputed. Every disagreement becomes one line in ``problems``; ``ok`` means th
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -30,6 +31,7 @@ from rd_assets.bundle_models import (
 )
 from rd_assets.bundle_store import current_version_dir
 from rd_assets.errors import BundleIntegrityError, RdAssetsError
+from rd_assets.isolation import isolated
 from rd_assets.order_rules import combine_order
 from rd_assets.task_ids import is_task_id
 
@@ -168,22 +170,46 @@ def _check_safetensors(data: bytes, order: FactorOrder | None, report: ExtractRe
     return problems, f"{MODEL_SAFETENSORS} parsed: {len(got)} tensors, first layer {model.first_layer_key} {first}"
 
 
-def _load_model_txt(text: bytes, order: FactorOrder | None) -> tuple[list[str], str]:
-    """Load ``model.txt`` with plain lightgbm (no qlib, no pickle) when it is installed: (problems, note)."""
+@dataclass(frozen=True)
+class LightGBMLoad:
+    """What plain LightGBM made of ``model.txt``: its shape, or why it refused the text."""
+
+    version: str | None
+    num_feature: int | None = None
+    num_trees: int | None = None
+    refused: str | None = None
+
+
+@isolated
+def load_lightgbm_text(text: bytes) -> LightGBMLoad:
+    """LightGBM's C++ parser on a model string from a pickle (it dies on crafted ones: hence isolated)."""
     try:
         import lightgbm
     except ImportError:
-        return [], f"lightgbm is not installed: {MODEL_TXT} was hashed but not loaded"
+        return LightGBMLoad(version=None)
     try:
         booster = lightgbm.Booster(model_str=text.decode("utf-8"))
     except Exception as exc:  # lightgbm raises LightGBMError/ValueError on a corrupt string
-        return [f"{MODEL_TXT}: lightgbm cannot load it: {type(exc).__name__}: {exc}"], "lightgbm load failed"
+        return LightGBMLoad(version=lightgbm.__version__, refused=f"{type(exc).__name__}: {exc}")
+    return LightGBMLoad(lightgbm.__version__, booster.num_feature(), booster.num_trees())
+
+
+def _load_model_txt(text: bytes, order: FactorOrder | None) -> tuple[list[str], str]:
+    """Load ``model.txt`` with plain lightgbm (no qlib, no pickle) when it is installed: (problems, note)."""
+    try:
+        load = load_lightgbm_text(text)
+    except RdAssetsError as exc:  # the reader crashed or hit a limit on this string
+        return [f"{MODEL_TXT}: lightgbm cannot load it: {exc.code}: {exc.message}"], "lightgbm load failed"
+    if load.version is None:
+        return [], f"lightgbm is not installed: {MODEL_TXT} was hashed but not loaded"
+    if load.refused is not None:
+        return [f"{MODEL_TXT}: lightgbm cannot load it: {load.refused}"], "lightgbm load failed"
     want = order.model_feature_count if order else None
     problems = []
-    if want is not None and booster.num_feature() != want:
-        problems.append(f"{MODEL_TXT}: lightgbm sees {booster.num_feature()} features, factor order says {want}")
-    loaded = f"{booster.num_feature()} features, {booster.num_trees()} trees"
-    return problems, f"{MODEL_TXT} loaded with lightgbm {lightgbm.__version__}: {loaded}"
+    if want is not None and load.num_feature != want:
+        problems.append(f"{MODEL_TXT}: lightgbm sees {load.num_feature} features, factor order says {want}")
+    loaded = f"{load.num_feature} features, {load.num_trees} trees"
+    return problems, f"{MODEL_TXT} loaded with lightgbm {load.version}: {loaded}"
 
 
 def _check_consistency(manifest: Manifest, docs: dict[str, BaseModel], found: dict[str, bytes]) -> list[str]:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +44,7 @@ def extract_samples(store: Path) -> dict[str, BundleContent]:
             store=store,
             path_map=PATH_MAP,
             index=SnapshotIndex(None),
-            signing_key=SAMPLE_SIGNING_KEY,
+            signing_key=SAMPLE_SIGNING_KEY if task_id == SIGNED_TASK else None,
         )
         contents[task_id] = outcome.content
     return contents
@@ -78,8 +78,12 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(store: Path, *, token: str | None = None, log_level: str = "warning") -> Iterator[Server]:
+def serving(
+    store: Path, *, token: str | None = None, log_level: str = "warning", args: Sequence[str] = ()
+) -> Iterator[Server]:
     """``rd-assets serve`` as a real subprocess on a free 127.0.0.1 port; always stopped by its PID.
+
+    ``args`` are extra ``rd-assets serve`` flags (e.g. tighter limits).
 
     Its output goes to a temporary file (a pipe nobody drains could fill up and stall the server).
     """
@@ -87,7 +91,7 @@ def serving(store: Path, *, token: str | None = None, log_level: str = "warning"
     env = {k: v for k, v in os.environ.items() if k != "RD_ASSETS_API_TOKEN"}
     if token is not None:
         env["RD_ASSETS_API_TOKEN"] = token
-    cmd = [str(RD_ASSETS), "serve", "--store", str(store), "--port", str(port), "--log-level", log_level]
+    cmd = [str(RD_ASSETS), "serve", "--store", str(store), "--port", str(port), "--log-level", log_level, *args]
     with tempfile.TemporaryFile() as output:
         proc = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT)
         try:

@@ -21,8 +21,7 @@ from rd_assets.checks import (
 from rd_assets.partitions import FINGERPRINT_TAG
 from rd_assets.reader import read_task
 from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.trace import anchor_experiment
-from rd_assets.weights import ModelWeight, resolve_model_weight
+from rd_assets.weights import ModelWeight
 from rd_assets_tests.rdagent_fixtures import (
     WSL_WORKSPACE_PREFIX,
     ExperimentSpec,
@@ -205,8 +204,8 @@ def test_failed_runs_are_tagged_with_the_fingerprint(tmp_path: Path) -> None:
 def test_weight_source_problems_catch_a_weight_that_is_not_where_it_claims(tmp_path: Path) -> None:
     log_dir = SAMPLES / "log" / SAMPLE
     reading = read_task(log_dir, index=SnapshotIndex(None))
-    hist_index, exp = anchor_experiment(reading.loaded.obj)
-    weight = resolve_model_weight(exp, hist_index=hist_index)
+    assert reading.chosen is not None
+    weight = reading.chosen.require_weight()
     assert weight_source_problems(weight, reading.anchor) == []
     moved = weight.info.model_copy(update={"hist_index": 1, "sub_workspace_index": 2})
     problems = weight_source_problems(ModelWeight(info=moved, data=weight.data), reading.anchor)

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from rd_assets.access_log import AccessLog
-from rd_assets.errors import NoSnapshotError
+from rd_assets.errors import NoReadableSnapshotError, NoSnapshotError
 from rd_assets.reader import read_task
+from rd_assets.session_file import load_body
 from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.snapshots import load_chosen, select_snapshot
+from rd_assets.snapshots import open_chosen, select_snapshot
 from rd_assets.trace import anchor_experiment, attr
 from rd_assets_tests.conftest import PLAIN_TASK, SAMPLE_LOGS, SAMPLE_TASKS, SIGNED_TASK, expected_for
 
@@ -96,8 +97,14 @@ def test_signed_sample_with_wrong_key_skips_every_candidate(index: SnapshotIndex
     assert all('"code":"signature_mismatch"' in payload for _, payload in summaries.values())
 
 
-def test_plain_sample_ignores_a_signing_key(index: SnapshotIndex) -> None:
-    """An unsigned file cannot be verified: it is read and marked ``unsigned``, never passed off as verified."""
+def test_plain_sample_is_refused_under_a_signing_key_unless_opted_out(
+    index: SnapshotIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a key, plain files are refused (never passed off as verified); the explicit opt-out reads them as
+    ``unsigned``."""
+    with pytest.raises(NoReadableSnapshotError, match="unsigned_snapshot"):
+        read_task(SAMPLE_LOGS / PLAIN_TASK, index=index, signing_key="some-key")
+    monkeypatch.setenv("RD_ASSETS_ALLOW_UNSIGNED", "1")
     reading = read_task(SAMPLE_LOGS / PLAIN_TASK, index=index, signing_key="some-key")
     assert reading.selection.signature == "unsigned"
     assert reading.anchor is not None
@@ -123,18 +130,21 @@ def test_sample_metrics_written_by_pandas_2_decode(task_id: str) -> None:
     metrics = anchor.anchor_metrics
     assert all(isinstance(v, float | int) for v in metrics.values())
 
-    loaded = load_chosen(log_dir, reading.selection.chosen_snapshot, signing_key=exp.get("signing_key"))
-    hist_index, _ = anchor_experiment(loaded.obj)
-    feedback = attr(loaded.obj, "trace").__dict__["hist"][hist_index][1]
+    with open_chosen(log_dir, reading.selection.chosen_snapshot, signing_key=exp.get("signing_key")) as body:
+        loop = load_body(body)
+    hist_index, _ = anchor_experiment(loop)
+    feedback = attr(loop, "trace").__dict__["hist"][hist_index][1]
     observed = dict(re.findall(r"(\w+)=(-?[\d.]+)", attr(feedback, "observations")))
     assert round(metrics["IC"], 4) == float(observed["IC"])
     assert round(metrics["1day.excess_return_with_cost.annualized_return"], 4) == float(observed["annualized_return"])
 
 
-def test_select_snapshot_reuses_the_chosen_unpickled_object(tmp_path: Path) -> None:
-    """A cold selection hands the chosen snapshot over, so the reader never unpickles it a second time."""
+def test_select_snapshot_hands_over_the_chosen_snapshot(tmp_path: Path) -> None:
+    """A cold selection hands the chosen snapshot's verified bytes over (its object stays in the reader)."""
     exp = expected_for(PLAIN_TASK)
     outcome = select_snapshot(SAMPLE_LOGS / PLAIN_TASK, index=SnapshotIndex(tmp_path / "i.sqlite"))
     assert outcome.unpickled == len(outcome.selection.candidates)
-    assert outcome.loaded is not None
-    assert len(attr(attr(outcome.loaded.obj, "trace"), "hist")) == exp["hist_len"]
+    assert outcome.body is not None
+    with outcome.body as body:
+        assert body.shown == outcome.selection.chosen_snapshot
+        assert len(attr(attr(load_body(body), "trace"), "hist")) == exp["hist_len"]

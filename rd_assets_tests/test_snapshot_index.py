@@ -52,10 +52,10 @@ def task(log_root: Path) -> Path:
 def test_second_read_unpickles_nothing(task: Path, index: SnapshotIndex) -> None:
     cold = read_task(task, index=index)
     assert cold.unpickled == 12
-    assert cold.loaded is not None
+    assert cold.chosen is not None
     warm = read_task(task, index=index)
     assert warm.unpickled == 0
-    assert warm.loaded is None
+    assert warm.chosen is None
     assert warm.selection == cold.selection
     assert warm.anchor == cold.anchor
 
@@ -81,7 +81,7 @@ def test_touching_one_file_rereads_only_that_file(task: Path, index: SnapshotInd
     os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     again = read_task(task, index=index)
     assert again.unpickled == 1
-    assert again.loaded is None  # the chosen snapshot's interpretation still came from the index
+    assert again.chosen is None  # the chosen snapshot's interpretation still came from the index
     assert {c.relpath: c.mtime_ns for c in again.selection.candidates}[touched.relative_to(task).as_posix()] == (
         st.st_mtime_ns + 1_000_000_000
     )
@@ -122,7 +122,7 @@ def test_adding_a_shorter_snapshot_keeps_the_cached_choice(task: Path, index: Sn
     write_task(task.parent, TASK, [Snap(4, 0, "direct_exp_gen", 1)], hist=HIST)
     again = read_task(task, index=index)
     assert again.unpickled == 1
-    assert again.loaded is None
+    assert again.chosen is None
     assert again.selection.chosen_snapshot == "__session__/2/3_feedback"
 
 

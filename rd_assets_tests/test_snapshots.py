@@ -13,13 +13,15 @@ from typing import Any
 
 import pytest
 
-from rd_assets import snapshots
+from rd_assets import session_reading
 from rd_assets.access_log import AccessLog
 from rd_assets.errors import InvalidLogDirError, NoReadableSnapshotError, NoSnapshotError, UnreadableSnapshotError
+from rd_assets.isolation import in_process
 from rd_assets.reader import read_task
 from rd_assets.samples import SAMPLES_DIR
+from rd_assets.session_file import load_body
 from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.snapshots import TIE_RULE, discover, load_chosen, select_snapshot
+from rd_assets.snapshots import TIE_RULE, discover, open_chosen, select_snapshot
 from rd_assets.trace import hist_of
 from rd_assets.unpickler import RestrictedUnpickler
 from rd_assets_tests.rdagent_fixtures import (
@@ -231,22 +233,23 @@ def test_tampered_signed_snapshot_is_skipped_others_resolve(log_root: Path) -> N
 def test_selection_holds_at_most_one_unpickled_snapshot_besides_the_one_being_read(
     log_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Streaming: before each new unpickle, only the current best may still be alive."""
+    """Streaming: before each new unpickle, only the current best may still be alive (in the reader's memory)."""
     log_dir = write_task(log_root, TASK, loop_timeline([1, 3, 2, 4, 0]), hist=HIST)
     alive: list[weakref.ref[Any]] = []
     peak = 0
-    real_load = snapshots.load_session_file
+    real_load = session_reading.load_body
 
     def tracking_load(*args: Any, **kwargs: Any) -> Any:
         nonlocal peak
         gc.collect()
         peak = max(peak, sum(1 for ref in alive if ref() is not None))
-        loaded = real_load(*args, **kwargs)
-        alive.append(weakref.ref(loaded.obj))
-        return loaded
+        obj = real_load(*args, **kwargs)
+        alive.append(weakref.ref(obj))
+        return obj
 
-    monkeypatch.setattr(snapshots, "load_session_file", tracking_load)
-    outcome = select_snapshot(log_dir, index=SnapshotIndex(None))
+    monkeypatch.setattr(session_reading, "load_body", tracking_load)
+    with in_process():
+        outcome = select_snapshot(log_dir, index=SnapshotIndex(None))
     assert len(alive) == 20
     assert peak == 1
     assert outcome.selection.chosen_snapshot == "__session__/3/3_feedback"
@@ -296,12 +299,12 @@ def test_fixture_leaves_no_module_behind(log_root: Path) -> None:
     assert "rdagent" not in sys.modules and sys.modules.get("__mp_main__") is mp_main_before
 
 
-def test_load_chosen_stats_only_the_chosen_file(log_root: Path) -> None:
+def test_open_chosen_stats_only_the_chosen_file(log_root: Path) -> None:
     """Re-reading the chosen snapshot must not re-list ``__session__`` (slow mounts) nor follow odd paths."""
     log_dir = write_task(log_root, TASK, growing_timeline(3), hist=HIST)
     access = AccessLog()
-    loaded = load_chosen(log_dir, "__session__/2/3_feedback", access=access)
-    assert len(hist_of(loaded.obj)) == 3
+    with open_chosen(log_dir, "__session__/2/3_feedback", access=access) as body:
+        assert len(hist_of(load_body(body))) == 3
     assert access.listed_paths == []
     assert access.opened_paths == [str(log_dir.resolve() / "__session__/2/3_feedback")]
 
@@ -310,19 +313,19 @@ def test_load_chosen_stats_only_the_chosen_file(log_root: Path) -> None:
     "relpath",
     ["__session__/../__session__/2/3_feedback", "other/2/3_feedback", "__session__/2/feedback", "/etc/passwd"],
 )
-def test_load_chosen_refuses_other_paths(log_root: Path, relpath: str) -> None:
+def test_open_chosen_refuses_other_paths(log_root: Path, relpath: str) -> None:
     log_dir = write_task(log_root, TASK, growing_timeline(3), hist=HIST)
     with pytest.raises(UnreadableSnapshotError, match="relpath"):
-        load_chosen(log_dir, relpath)
+        open_chosen(log_dir, relpath)
 
 
-def test_load_chosen_refuses_symlinks_and_vanished_files(log_root: Path) -> None:
+def test_open_chosen_refuses_symlinks_and_vanished_files(log_root: Path) -> None:
     log_dir = write_task(log_root, TASK, growing_timeline(2), hist=HIST)
     session = log_dir / "__session__"
     (session / "1" / "9_link").symlink_to(session / "1" / "3_feedback")
     (session / "7").symlink_to(session / "1", target_is_directory=True)
     for relpath in ("__session__/1/9_link", "__session__/7/3_feedback"):
-        with pytest.raises(UnreadableSnapshotError, match="not a regular file"):
-            load_chosen(log_dir, relpath)
-    with pytest.raises(UnreadableSnapshotError, match="disappeared"):
-        load_chosen(log_dir, "__session__/5/3_feedback")
+        with pytest.raises(UnreadableSnapshotError, match="symlink"):
+            open_chosen(log_dir, relpath)
+    with pytest.raises(UnreadableSnapshotError, match="No such file"):
+        open_chosen(log_dir, "__session__/5/3_feedback")

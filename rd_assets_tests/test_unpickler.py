@@ -16,21 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rd_assets.errors import SignatureMismatchError, UnreadableSnapshotError, UnsafePickleError
+from rd_assets.errors import SignatureMismatchError, UnreadableSnapshotError, UnsafePickleError, UnsignedSnapshotError
 from rd_assets.metrics import metrics_dict
+from rd_assets.session_file import SIGNED_HEADER_LEN, FileFormat, SignatureStatus, load_session_file
 from rd_assets.trace import attr, hist_of
-from rd_assets.unpickler import (
-    SIGNED_HEADER_LEN,
-    FileFormat,
-    SignatureStatus,
-    StandIn,
-    Subscripted,
-    class_name,
-    class_path,
-    load_session_file,
-    parse_session_bytes,
-    safe_loads,
-)
+from rd_assets.unpickler import StandIn, Subscripted, class_name, class_path, safe_loads
 from rd_assets_tests.conftest import PLAIN_TASK, SAMPLE_LOGS, SIGNED_TASK, expected_for
 from rd_assets_tests.rdagent_fixtures import FEEDBACK, genuine_modules, make, pickled_path
 
@@ -200,9 +190,18 @@ def test_tampered_signed_body_is_refused_with_the_key(tmp_path: Path) -> None:
 
 
 def test_plain_file_reports_unsigned() -> None:
-    loaded = load_session_file(PLAIN_FILE, signing_key="ignored")
+    loaded = load_session_file(PLAIN_FILE)
     assert (loaded.file_format, loaded.signature) == (FileFormat.PLAIN, SignatureStatus.UNSIGNED)
     assert len(hist_of(loaded.obj)) == expected_for(PLAIN_TASK)["hist_len"]
+
+
+def test_plain_file_is_refused_when_a_key_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key means signed sessions are expected: a plain file is refused from its header unless opted out."""
+    with pytest.raises(UnsignedSnapshotError, match="RD_ASSETS_ALLOW_UNSIGNED"):
+        load_session_file(PLAIN_FILE, signing_key="configured")
+    monkeypatch.setenv("RD_ASSETS_ALLOW_UNSIGNED", "1")
+    loaded = load_session_file(PLAIN_FILE, signing_key="configured")
+    assert loaded.signature == SignatureStatus.UNSIGNED
 
 
 def _broken_files() -> dict[str, bytes]:
@@ -238,13 +237,6 @@ def test_missing_file_and_directory_are_unreadable(tmp_path: Path) -> None:
             load_session_file(path)
 
 
-def test_parse_session_bytes_keeps_the_body_as_a_view() -> None:
-    data = SIGNED_FILE.read_bytes()
-    payload = parse_session_bytes(data, signing_key=SIGNED_KEY, path=None)
-    assert isinstance(payload.body, memoryview) and payload.body.obj is data
-    assert class_path(safe_loads(payload.body)) == "rdagent.app.qlib_rd_loop.quant.QuantRDLoop"
-
-
 # ------------------------------------------------------------------------------------------ pandas metrics
 
 
@@ -259,7 +251,8 @@ def _experiment_results(loop: Any) -> list[Any]:
 @pytest.mark.parametrize("task_id", [PLAIN_TASK, SIGNED_TASK])
 def test_metrics_written_by_pandas_2_decode(task_id: str) -> None:
     exp = expected_for(task_id)
-    loop = load_session_file(SAMPLE_LOGS / task_id / exp["chosen_snapshot_relpath"], signing_key=SIGNED_KEY).obj
+    key = SIGNED_KEY if task_id == SIGNED_TASK else None
+    loop = load_session_file(SAMPLE_LOGS / task_id / exp["chosen_snapshot_relpath"], signing_key=key).obj
     results = _experiment_results(loop)
     assert results
     for result in results:

@@ -20,16 +20,9 @@ import pytest
 
 from rd_assets.errors import RdAssetsError, UnreadableSnapshotError, UnsafePickleError
 from rd_assets.reader import read_task
+from rd_assets.session_file import SIGNED_MAGIC, load_session_file
 from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.unpickler import (
-    MAX_GLOBALS_PER_FILE,
-    SIGNED_MAGIC,
-    RestrictedUnpickler,
-    StandIn,
-    class_path,
-    load_session_file,
-    safe_loads,
-)
+from rd_assets.unpickler import MAX_GLOBALS_PER_FILE, RestrictedUnpickler, StandIn, class_path, safe_loads
 from rd_assets_tests.conftest import PLAIN_TASK, REPO_ROOT, SAMPLES, SIGNED_TASK, VENV_PYTHON, expected_for
 from rd_assets_tests.hostile_pickles import (
     AMPLIFIERS,

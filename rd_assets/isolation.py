@@ -1,0 +1,436 @@
+"""Everything that parses untrusted bytes runs in a separate reader process with hard limits.
+
+A function decorated with :func:`isolated` (unpickling a session, introspecting a weight, parsing YAML or a
+parquet footer, loading ``model.txt`` with LightGBM) is, when called, sent to a worker process and its typed
+result validated back here. The worker:
+
+* is a fresh interpreter (``python -I -B``, not a fork) started with a fixed, tiny environment: no
+  ``RD_ASSETS_SIGNING_KEY``, no API token, no ``PYTHON*`` variables; it inherits no descriptor but its channel;
+* never opens a file: session bytes arrive as sealed memory files, the parent has opened and verified them;
+* runs under ``RLIMIT_AS`` (memory), ``RLIMIT_CPU`` (per call), ``RLIMIT_NOFILE``, ``RLIMIT_FSIZE=0`` (it cannot
+  write a byte to any file) and ``RLIMIT_CORE=0``; the parent adds a wall-clock timeout per call.
+
+A signal, a limit or a timeout becomes a typed ``reader_crashed`` / ``reader_limit_exceeded`` error naming the
+file; the parent stays alive and starts a fresh worker for the next call, so the rest of the task still
+resolves. Results cross back as JSON validated by the function's return annotation (pydantic), never as a pickle.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import contextvars
+import functools
+import importlib
+import json
+import os
+import resource
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar, get_type_hints
+
+from pydantic import ConfigDict, TypeAdapter
+
+from rd_assets.errors import RdAssetsError, ReaderCrashedError, ReaderLimitExceededError, error_classes
+from rd_assets.session_file import FileFormat, SessionBody, SignatureStatus
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ENV_MEMORY_MB = "RD_ASSETS_READER_MEMORY_MB"
+ENV_CPU_S = "RD_ASSETS_READER_CPU_SECONDS"
+ENV_TIMEOUT_S = "RD_ASSETS_READER_TIMEOUT_SECONDS"
+_WORKER_ENV = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+"""The worker's whole environment: nothing of the parent's (secrets live there) is passed on."""
+_HEADER = struct.Struct("<Q")
+_MAX_FDS = 8
+_ISOLATED_ATTR = "__rd_isolated__"
+
+
+@dataclass(frozen=True)
+class ReaderLimits:
+    """Hard limits of one reader process; defaults fit genuine sessions with a wide margin."""
+
+    memory_mb: int = 3072
+    """Address space the worker may add on top of its interpreter and libraries (``RLIMIT_AS``)."""
+    cpu_seconds: int = 120
+    """CPU time per call (``RLIMIT_CPU``, moved forward before each call)."""
+    timeout_seconds: float = 300.0
+    """Wall time per call, enforced by the parent (a worker blocked on anything is killed)."""
+    open_files: int = 64
+
+    @classmethod
+    def from_env(cls) -> ReaderLimits:
+        def number(name: str, default: float) -> float:
+            raw = os.environ.get(name, "").strip()
+            try:
+                return float(raw) if raw else default
+            except ValueError:
+                return default
+
+        base = cls()
+        return cls(
+            memory_mb=int(number(ENV_MEMORY_MB, base.memory_mb)),
+            cpu_seconds=int(number(ENV_CPU_S, base.cpu_seconds)),
+            timeout_seconds=number(ENV_TIMEOUT_S, base.timeout_seconds),
+        )
+
+
+_in_process: contextvars.ContextVar[bool] = contextvars.ContextVar("rd_assets_in_process", default=False)
+
+
+@contextlib.contextmanager
+def in_process() -> Iterator[None]:
+    """Run isolated functions directly in this process (the worker itself; the benchmark's reference)."""
+    token = _in_process.set(True)
+    try:
+        yield
+    finally:
+        _in_process.reset(token)
+
+
+BYTES_AS_BASE64 = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+"""``__pydantic_config__`` of result dataclasses that carry bytes (weights) across the channel."""
+
+
+@functools.cache
+def _result_adapter(fn: Callable[..., Any]) -> TypeAdapter[Any]:
+    return TypeAdapter(get_type_hints(fn)["return"])
+
+
+def isolated(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` in the reader process; it must take sessions/bytes/JSON values and raise only typed errors."""
+    name = f"{fn.__module__}:{fn.__qualname__}"
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        if _in_process.get():
+            return fn(*args, **kwargs)
+        if kwargs:
+            raise TypeError(f"{name}: isolated calls take positional arguments only")
+        adapter = _result_adapter(fn)
+        raw = shared_reader().call(name, list(args))
+        return adapter.validate_json(raw)
+
+    setattr(call, _ISOLATED_ATTR, fn)
+    return call
+
+
+# ------------------------------------------------------------------------------------------------ channel
+
+
+def _send(sock: socket.socket, payload: bytes, fds: list[int]) -> None:
+    """Length-prefixed payload; descriptors travel with the first bytes (SCM_RIGHTS)."""
+    data = _HEADER.pack(len(payload)) + payload
+    first = data[:65536]
+    socket.send_fds(sock, [first], fds) if fds else sock.sendall(first)
+    if len(data) > len(first):
+        sock.sendall(memoryview(data)[len(first) :])
+
+
+def _recv_exact(sock: socket.socket, n: int, into: bytearray) -> None:
+    while len(into) < n:
+        chunk = sock.recv(min(n - len(into), 1 << 20))
+        if not chunk:
+            raise EOFError
+        into += chunk
+
+
+def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One message and the descriptors that came with it; ``EOFError`` when the other side is gone."""
+    first, fds, _flags, _addr = socket.recv_fds(sock, 65536, _MAX_FDS)
+    if not first:
+        raise EOFError
+    buf = bytearray(first)
+    _recv_exact(sock, _HEADER.size, buf)
+    (length,) = _HEADER.unpack_from(buf)
+    _recv_exact(sock, _HEADER.size + length, buf)
+    return bytes(buf[_HEADER.size :]), list(fds)
+
+
+def _bytes_fd(data: bytes) -> int:
+    fd = os.memfd_create("rd-assets-bytes", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _marshal(args: list[Any]) -> tuple[list[Any], list[int], list[int]]:
+    """JSON arguments and the descriptors to pass (plus those made here, to close after sending)."""
+    out: list[Any] = []
+    fds: list[int] = []
+    made: list[int] = []
+    for arg in args:
+        if isinstance(arg, SessionBody):
+            fds.append(arg.fd)
+            out.append(
+                {
+                    "body": len(fds) - 1,
+                    "size": arg.size,
+                    "offset": arg.offset,
+                    "shown": arg.shown,
+                    "format": arg.file_format.value,
+                    "signature": arg.signature.value,
+                }
+            )
+        elif isinstance(arg, bytes | bytearray):
+            made.append(_bytes_fd(bytes(arg)))
+            fds.append(made[-1])
+            out.append({"bytes": len(fds) - 1, "size": len(arg)})
+        else:
+            out.append({"value": arg})
+    return out, fds, made
+
+
+def _unmarshal(args: list[dict[str, Any]], fds: list[int]) -> list[Any]:
+    out: list[Any] = []
+    for arg in args:
+        if "body" in arg:
+            out.append(
+                SessionBody(
+                    fds[arg["body"]],
+                    arg["size"],
+                    arg["offset"],
+                    FileFormat(arg["format"]),
+                    SignatureStatus(arg["signature"]),
+                    arg["shown"],
+                )
+            )
+        elif "bytes" in arg:
+            out.append(os.pread(fds[arg["bytes"]], arg["size"], 0) if arg["size"] else b"")
+        else:
+            out.append(arg["value"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ parent
+
+
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from rd_assets.isolation import worker_main; worker_main(int(sys.argv[2]), sys.argv[3])"
+)
+
+
+class IsolatedReader:
+    """One worker process, started on first use and again after it died; calls are serialised by a lock."""
+
+    def __init__(self, limits: ReaderLimits | None = None) -> None:
+        self.limits = limits or ReaderLimits.from_env()
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self.started = 0
+
+    def _start(self) -> tuple[subprocess.Popen[bytes], socket.socket]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        root = str(Path(__file__).resolve().parent.parent)
+        limits = json.dumps(self.limits.__dict__)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-B", "-c", _BOOT, root, str(theirs.fileno()), limits],
+                pass_fds=[theirs.fileno()],
+                env=_WORKER_ENV,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd="/",
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        self.started += 1
+        return proc, ours
+
+    def close(self) -> None:
+        """Stop the worker (by its PID) and close the channel."""
+        proc, sock, self._proc, self._sock = self._proc, self._sock, None, None
+        if sock is not None:
+            sock.close()
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def call(self, name: str, args: list[Any], *, path: str | None = None) -> bytes:
+        """Run the isolated function ``name`` on ``args``; returns its JSON result or raises its typed error."""
+        shown = path or next((a.shown for a in args if isinstance(a, SessionBody)), None)
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self.close()
+                self._proc, self._sock = self._start()
+            proc, sock = self._proc, self._sock
+            assert sock is not None
+            payload, fds, made = _marshal(args)
+            try:
+                sock.settimeout(self.limits.timeout_seconds)
+                _send(sock, json.dumps({"op": name, "args": payload}).encode(), fds)
+                answer, _ = _recv(sock)
+            except TimeoutError:
+                self.close()
+                raise ReaderLimitExceededError(
+                    f"the reader took longer than {self.limits.timeout_seconds:g} s ({ENV_TIMEOUT_S}); stopped",
+                    path=shown,
+                ) from None
+            except (EOFError, OSError):
+                returncode = proc.wait(timeout=10)
+                self.close()
+                raise _death(returncode, shown) from None
+            finally:
+                for fd in made:
+                    os.close(fd)
+        message = json.loads(answer)
+        if message.get("ok"):
+            return json.dumps(message["result"]).encode()
+        raise _rebuild(message.get("error") or {}, shown)
+
+
+def _death(returncode: int, shown: str | None) -> RdAssetsError:
+    if returncode < 0:
+        sig = signal.Signals(-returncode)
+        if sig in (signal.SIGXCPU, signal.SIGXFSZ):
+            return ReaderLimitExceededError(f"the reader hit a hard limit ({sig.name})", path=shown)
+        return ReaderCrashedError(f"the reader process died of {sig.name} on this input", path=shown)
+    return ReaderCrashedError(f"the reader process exited ({returncode}) on this input", path=shown)
+
+
+def _rebuild(error: dict[str, Any], shown: str | None) -> RdAssetsError:
+    """The worker's typed error as its own class here (unknown codes stay visible as a crashed read)."""
+    code = str(error.get("code") or ReaderCrashedError.code)
+    cls = error_classes().get(code)
+    message, path = str(error.get("message") or "no message"), error.get("path") or shown
+    if cls is None:
+        exc = ReaderCrashedError(f"{code}: {message}", path=path)
+    else:
+        exc = cls.__new__(cls)
+        RdAssetsError.__init__(exc, message, path=path)
+    return exc
+
+
+_shared: tuple[int, IsolatedReader] | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_reader() -> IsolatedReader:
+    """This process's reader (a forked child gets its own: a worker channel is never shared across PIDs)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared[0] != os.getpid():
+            _shared = (os.getpid(), IsolatedReader())
+        return _shared[1]
+
+
+def _close_shared() -> None:
+    if _shared is not None and _shared[0] == os.getpid():
+        _shared[1].close()
+
+
+atexit.register(_close_shared)
+
+
+# ------------------------------------------------------------------------------------------------ worker
+
+
+def _vm_size() -> int:
+    with open("/proc/self/status", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _apply_limits(limits: ReaderLimits) -> None:
+    """Cap the worker once its libraries are loaded: what it may add, not what the interpreter already uses."""
+    budget = _vm_size() + (limits.memory_mb << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (budget, budget))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _cpu_budget(seconds: int) -> None:
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    spent = int(used.ru_utime + used.ru_stime) + 1
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    soft = spent + seconds
+    resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+
+
+def _resolve(name: str) -> Callable[..., Any]:
+    module, _, qualname = name.partition(":")
+    target: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    fn = getattr(target, _ISOLATED_ATTR, None)
+    if fn is None:
+        raise ReaderCrashedError(f"{name} is not an isolated function")
+    return fn
+
+
+def _serve_one(sock: socket.socket, limits: ReaderLimits) -> bool:
+    """Answer one request; ``False`` when the worker should exit (channel closed, or memory exhausted)."""
+    try:
+        raw, fds = _recv(sock)
+    except EOFError:
+        return False
+    keep_going = True
+    try:
+        request = json.loads(raw)
+        fn = _resolve(request["op"])
+        args = _unmarshal(request["args"], fds)
+        _cpu_budget(limits.cpu_seconds)
+        result = fn(*args)
+        answer: dict[str, Any] = {"ok": True, "result": _result_adapter(fn).dump_python(result, mode="json")}
+    except RdAssetsError as exc:
+        answer = {"ok": False, "error": exc.as_dict()}
+    except MemoryError:
+        answer = {
+            "ok": False,
+            "error": {
+                "code": ReaderLimitExceededError.code,
+                "message": f"the reader ran out of its {limits.memory_mb} MiB ({ENV_MEMORY_MB})",
+            },
+        }
+        keep_going = False
+    except RecursionError:
+        answer = {"ok": False, "error": {"code": ReaderLimitExceededError.code, "message": "input nests too deeply"}}
+    except Exception as exc:  # a bug or an input nobody foresaw: fail closed, typed, with the cause
+        answer = {
+            "ok": False,
+            "error": {"code": ReaderCrashedError.code, "message": f"unexpected {type(exc).__name__}: {exc}"},
+        }
+    finally:
+        for fd in fds:
+            os.close(fd)
+    _send(sock, json.dumps(answer).encode(), [])
+    return keep_going
+
+
+def worker_main(fd: int, limits_json: str) -> None:
+    """The reader process: preload the parsers, apply the limits, answer requests until the channel closes."""
+    import numpy  # noqa: F401 - loaded before the address-space limit is set
+    import pyarrow.parquet  # noqa: F401
+    import yaml  # noqa: F401
+
+    limits = ReaderLimits(**json.loads(limits_json))
+    sock = socket.socket(fileno=fd)
+    _apply_limits(limits)
+    _in_process.set(True)
+    while _serve_one(sock, limits):
+        pass
