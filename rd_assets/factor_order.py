@@ -4,7 +4,8 @@ The alpha names: literal in the executed YAML (what qrun ran), else - when the Y
 ``{{ feature_names }}`` - the anchor's pickled ``base_features`` keys (rdagent 1.0 renders that placeholder
 from them in memory only). The dynamic names: the footer of ``<experiment_workspace.workspace_path>/
 combined_factors_df.parquet`` (DESIGN.md rule 5: the only file outside ``__session__`` ever opened), decoded
-from the pandas metadata - the data pages are never read.
+from the pandas metadata - the data pages are never read. The file is untrusted: it is opened without following
+a symlink or blocking on a FIFO, and the footer length it claims is checked before anything is allocated.
 
 The loader decides the order: the fork's ``CombinedAlpha158DynamicFactorsLoader`` keeps alpha then parquet
 (``alpha_then_parquet``); qlib's ``NestedDataLoader`` lets a later loader's column replace an earlier one and
@@ -16,10 +17,14 @@ typed code and its reason, and a count mismatch is stated with both counts.
 from __future__ import annotations
 
 import ast
+import errno
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rd_assets.access_log import AccessLog
@@ -32,8 +37,10 @@ from rd_assets.errors import (
     FactorParquetUnreadableError,
     FeatureCountMismatchError,
     ModelFeatureCountUnknownError,
+    RdAssetsError,
     UnknownDataLoaderError,
 )
+from rd_assets.isolation import isolated
 from rd_assets.models import SotaFactorExperiment
 from rd_assets.order_rules import RULE_REASONS, OrderRule, combine_order
 from rd_assets.path_map import PathMap
@@ -49,9 +56,30 @@ from rd_assets.qlib_config import (
 PARQUET_NAME = "combined_factors_df.parquet"
 _COLUMN_FILTERS = ("FilterCol", "DropCol")
 
+MAX_FOOTER_BYTES = 16 * 1024 * 1024
+"""The footer holds the schema and row-group metadata: tens of KB for a few hundred factor columns. The length
+is read from the file, so without a cap a forged one makes the reader allocate gigabytes."""
+MAX_COLUMN_LABEL_CHARS = 4096
+"""A pandas column label is ``"('feature', '<name>')"``; a longer one is hostile input for ``ast.literal_eval``."""
+_PARQUET_MAGIC = b"PAR1"
+_MIN_PARQUET_BYTES = 12
+"""Leading magic, then the trailing 4-byte footer length and magic: a file around an empty footer."""
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+"""No symlink is followed (rule 5 names one file, not where it points) and a FIFO cannot block the open."""
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
-class FactorOrderError(ValueError):
-    """One part of the order cannot be resolved; the message is the reason shown to people."""
+
+class FactorOrderError(FactorParquetUnreadableError, ValueError):
+    """The parquet's pandas metadata does not name ``('feature', name)`` columns; the message says why.
+
+    Still a ``ValueError`` for callers written before it was a typed error.
+    """
 
 
 _ERRORS: dict[str, type[FactorOrderUnresolvedError]] = {
@@ -175,53 +203,142 @@ def _apply_filters(part: Part, filters: list[tuple[str, Any]], config_name: str)
     return Part(names, f"{part.source} filtered by {applied}", None, kind=part.kind)
 
 
-def decode_feature_columns(schema: Any) -> list[str]:
-    """Factor names of a ``combined_factors_df`` schema: ``('feature', name)`` columns in file order."""
-    meta = schema.pandas_metadata
+def _list_field(meta: dict[str, Any], key: str) -> list[Any]:
+    value = meta.get(key, [])
+    if not isinstance(value, list):
+        raise FactorOrderError(f"pandas metadata {key!r} is a {type(value).__name__}, not a list")
+    return value
+
+
+def _feature_key(label: Any) -> Any:
+    """The column label as the Python literal pandas wrote with ``str(tuple)``; ``None`` when it is not one."""
+    if not isinstance(label, str):
+        return None
+    if len(label) > MAX_COLUMN_LABEL_CHARS:
+        raise FactorOrderError(f"a column label of {len(label)} characters (the cap is {MAX_COLUMN_LABEL_CHARS})")
+    try:
+        return ast.literal_eval(label)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def decode_feature_columns(schema: pa.Schema) -> list[str]:
+    """Factor names of a ``combined_factors_df`` schema: ``('feature', name)`` columns in file order.
+
+    The metadata is untrusted JSON: any shape other than pandas' own is a :class:`FactorOrderError`.
+    """
+    try:
+        meta = schema.pandas_metadata
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise FactorOrderError(f"the pandas metadata is not readable JSON ({type(exc).__name__})") from exc
     if not meta:
         raise FactorOrderError("the parquet has no pandas metadata to tell index columns from features")
-    index_columns = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
-    levels = len(meta.get("column_indexes") or [])
+    if not isinstance(meta, dict):
+        raise FactorOrderError(f"the pandas metadata is a {type(meta).__name__}, not an object")
+    index_columns = {c for c in _list_field(meta, "index_columns") if isinstance(c, str)}
+    levels = len(_list_field(meta, "column_indexes"))
     if levels != 2:
         raise FactorOrderError(f"columns are a {levels}-level index, expected the 2-level ('feature', name)")
-    by_field = {c.get("field_name"): c.get("name") for c in meta.get("columns", []) if isinstance(c, dict)}
+    by_field = {
+        c.get("field_name"): c.get("name")
+        for c in _list_field(meta, "columns")
+        if isinstance(c, dict) and isinstance(c.get("field_name"), str)
+    }
     names = []
     for field in schema.names:
         if field in index_columns:
             continue
-        label = by_field.get(field, field)
-        try:
-            key = ast.literal_eval(label) if isinstance(label, str) else None
-        except (ValueError, SyntaxError):
-            key = None
+        key = _feature_key(by_field.get(field, field))
         if not (isinstance(key, tuple) and len(key) == 2 and key[0] == "feature" and isinstance(key[1], str)):
             raise FactorOrderError(f"column {field!r} is neither an index column nor ('feature', <name>)")
         names.append(key[1])
     return names
 
 
+def _unreadable(parquet: Path, why: str) -> FactorParquetUnreadableError:
+    return FactorParquetUnreadableError(f"{parquet} {why}", path=str(parquet))
+
+
+def _open_footer(parquet: Path) -> bytes:
+    """The footer of ``parquet`` as a minimal parquet buffer, read and bounded here (parsed elsewhere).
+
+    Only a regular file reached without a symlink is read (a FIFO would hang a blocking open, a symlink
+    points outside rule 5); the claimed footer length is checked against :data:`MAX_FOOTER_BYTES` and the
+    file size before anything is allocated, and the data pages are never read.
+    """
+    try:
+        fd = os.open(parquet, _OPEN_FLAGS)
+    except FileNotFoundError as exc:
+        raise FactorParquetNotFoundError(f"{parquet} not found", path=str(parquet)) from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(parquet):
+            raise _unreadable(parquet, "is a symlink, which is not followed") from exc
+        raise _unreadable(parquet, f"cannot be read ({exc.strerror or exc})") from exc
+    try:
+        return _footer_buffer(fd, parquet)
+    finally:
+        os.close(fd)
+
+
+def _footer_buffer(fd: int, parquet: Path) -> bytes:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for is_kind, name in _NOT_REGULAR if is_kind(info.st_mode)), "a special file")
+        raise _unreadable(parquet, f"is {kind}, not a regular file")
+    size = info.st_size
+    if size < _MIN_PARQUET_BYTES:
+        raise _unreadable(parquet, f"has {size} bytes, too few for a parquet file")
+    tail = os.pread(fd, 8, size - 8)
+    if len(tail) != 8 or tail[4:] != _PARQUET_MAGIC:
+        raise _unreadable(parquet, f"does not end with the parquet magic {_PARQUET_MAGIC!r}")
+    footer_len = int.from_bytes(tail[:4], "little")
+    if footer_len > min(MAX_FOOTER_BYTES, size - _MIN_PARQUET_BYTES):
+        why = f"claims a {footer_len}-byte footer (file: {size} bytes, cap: {MAX_FOOTER_BYTES})"
+        raise _unreadable(parquet, why)
+    footer = os.pread(fd, footer_len, size - 8 - footer_len)
+    if len(footer) != footer_len:
+        raise _unreadable(parquet, "shrank while its footer was read")
+    return _PARQUET_MAGIC + footer + tail
+
+
+def _schema_of(buffer: bytes, parquet: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(pa.BufferReader(buffer))
+    except Exception as exc:  # pyarrow's errors for a corrupt footer are many (ArrowInvalid, OSError...)
+        raise _unreadable(parquet, f"has no readable parquet footer ({type(exc).__name__}: {exc})") from exc
+
+
+def read_footer_schema(parquet: Path) -> pa.Schema:
+    """The schema in ``parquet``'s footer, in this process (the extraction parses it isolated instead)."""
+    return _schema_of(_open_footer(parquet), parquet)
+
+
+@isolated
+def footer_feature_columns(buffer: bytes, parquet: str) -> list[str]:
+    """pyarrow's footer parse and the pandas-metadata decode, in the isolated reader: untrusted bytes."""
+    path = Path(parquet)
+    try:
+        return decode_feature_columns(_schema_of(buffer, path))
+    except FactorOrderError as exc:
+        raise FactorParquetUnreadableError(f"{parquet}: {exc.message}", path=parquet) from exc
+
+
 def read_dynamic_factors(parquet: Path, access: AccessLog | None, *, origin: str = "") -> Part:
     """Footer-only read of the anchor parquet (opened through Python so audit hooks see it).
 
-    ``origin`` says how ``parquet`` was derived (pickled path and path-map rule), for a not-found reason.
+    ``origin`` says how ``parquet`` was derived (pickled path and path-map rule), for a not-found or
+    unreadable reason.
     """
     if access is not None:
         access.opened(parquet)
     try:
-        with open(parquet, "rb") as fh:
-            schema = pq.read_schema(fh)
-    except FileNotFoundError:
-        return Part(None, str(parquet), f"{parquet} not found{origin}", FactorParquetNotFoundError.code)
-    except OSError as exc:
-        reason = f"{parquet} cannot be read ({exc.strerror or exc}){origin}"
-        return Part(None, str(parquet), reason, FactorParquetUnreadableError.code)
-    except Exception as exc:  # a corrupt footer is a reason, not a crash
-        reason = f"{parquet} has no readable parquet footer ({type(exc).__name__}: {exc})"
-        return Part(None, str(parquet), reason, FactorParquetUnreadableError.code)
-    try:
-        return Part(decode_feature_columns(schema), str(parquet), None)
-    except FactorOrderError as exc:
-        return Part(None, str(parquet), f"{parquet}: {exc}", FactorParquetUnreadableError.code)
+        return Part(footer_feature_columns(_open_footer(parquet), str(parquet)), str(parquet), None)
+    except (FactorParquetNotFoundError, FactorParquetUnreadableError) as exc:
+        return Part(None, str(parquet), f"{exc.message}{origin}", exc.code)
+    except RdAssetsError as exc:  # the reader crashed or hit a limit on this footer
+        return Part(
+            None, str(parquet), f"{parquet}: {exc.code}: {exc.message}{origin}", FactorParquetUnreadableError.code
+        )
 
 
 def _dynamic_part(

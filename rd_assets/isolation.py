@@ -21,6 +21,7 @@ import atexit
 import contextlib
 import contextvars
 import functools
+import gc
 import importlib
 import json
 import os
@@ -100,24 +101,36 @@ BYTES_AS_BASE64 = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 """``__pydantic_config__`` of result dataclasses that carry bytes (weights) across the channel."""
 
 
+class _Codec:
+    """A result as JSON: validated by the function's return annotation, or passed as is when that is ``Any``
+    (parsed YAML: plain JSON data, where ``.inf`` must stay infinite rather than become null)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        hint = get_type_hints(fn)["return"]
+        self.adapter: TypeAdapter[Any] | None = None if hint is Any else TypeAdapter(hint)
+
+    def encode(self, result: Any) -> Any:
+        return result if self.adapter is None else self.adapter.dump_python(result, mode="json")
+
+    def decode(self, value: Any) -> Any:
+        return value if self.adapter is None else self.adapter.validate_json(json.dumps(value))
+
+
 @functools.cache
-def _result_adapter(fn: Callable[..., Any]) -> TypeAdapter[Any]:
-    return TypeAdapter(get_type_hints(fn)["return"])
+def _codec(fn: Callable[..., Any]) -> _Codec:
+    return _Codec(fn)
 
 
 def isolated(fn: Callable[P, R]) -> Callable[P, R]:
     """Run ``fn`` in the reader process; it must take sessions/bytes/JSON values and raise only typed errors."""
-    name = f"{fn.__module__}:{fn.__qualname__}"
 
     @functools.wraps(fn)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
         if _in_process.get():
             return fn(*args, **kwargs)
         if kwargs:
-            raise TypeError(f"{name}: isolated calls take positional arguments only")
-        adapter = _result_adapter(fn)
-        raw = shared_reader().call(name, list(args))
-        return adapter.validate_json(raw)
+            raise TypeError(f"{fn.__qualname__}: isolated calls take positional arguments only")
+        return shared_reader().run(call, *args)
 
     setattr(call, _ISOLATED_ATTR, fn)
     return call
@@ -268,7 +281,13 @@ class IsolatedReader:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def call(self, name: str, args: list[Any], *, path: str | None = None) -> bytes:
+    def run(self, isolated_fn: Callable[..., R], *args: Any, path: str | None = None) -> R:
+        """Run an :func:`isolated` function here; its typed result, or its typed error (``path`` names the input)."""
+        fn = getattr(isolated_fn, _ISOLATED_ATTR)
+        result = self.call(f"{fn.__module__}:{fn.__qualname__}", list(args), path=path)
+        return _codec(fn).decode(result)
+
+    def call(self, name: str, args: list[Any], *, path: str | None = None) -> Any:
         """Run the isolated function ``name`` on ``args``; returns its JSON result or raises its typed error."""
         shown = path or next((a.shown for a in args if isinstance(a, SessionBody)), None)
         with self._lock:
@@ -297,7 +316,7 @@ class IsolatedReader:
                     os.close(fd)
         message = json.loads(answer)
         if message.get("ok"):
-            return json.dumps(message["result"]).encode()
+            return message["result"]
         raise _rebuild(message.get("error") or {}, shown)
 
 
@@ -383,42 +402,53 @@ def _resolve(name: str) -> Callable[..., Any]:
     return fn
 
 
-def _serve_one(sock: socket.socket, limits: ReaderLimits) -> bool:
-    """Answer one request; ``False`` when the worker should exit (channel closed, or memory exhausted)."""
-    try:
-        raw, fds = _recv(sock)
-    except EOFError:
-        return False
-    keep_going = True
+def _failure(code: str, message: str) -> bytes:
+    return json.dumps({"ok": False, "error": {"code": code, "message": message}}).encode()
+
+
+def _answer(raw: bytes, fds: list[int], limits: ReaderLimits) -> tuple[bytes, bool]:
+    """The encoded answer to one request, and whether the worker may serve another one."""
     try:
         request = json.loads(raw)
         fn = _resolve(request["op"])
         args = _unmarshal(request["args"], fds)
         _cpu_budget(limits.cpu_seconds)
         result = fn(*args)
-        answer: dict[str, Any] = {"ok": True, "result": _result_adapter(fn).dump_python(result, mode="json")}
+        return json.dumps({"ok": True, "result": _codec(fn).encode(result)}).encode(), True
     except RdAssetsError as exc:
-        answer = {"ok": False, "error": exc.as_dict()}
-    except MemoryError:
-        answer = {
-            "ok": False,
-            "error": {
-                "code": ReaderLimitExceededError.code,
-                "message": f"the reader ran out of its {limits.memory_mb} MiB ({ENV_MEMORY_MB})",
-            },
-        }
-        keep_going = False
+        return json.dumps({"ok": False, "error": exc.as_dict()}).encode(), True
+    except MemoryError:  # the address-space limit: this heap may be fragmented beyond use, start afresh
+        why = f"the reader ran out of its {limits.memory_mb} MiB ({ENV_MEMORY_MB})"
+        return _failure(ReaderLimitExceededError.code, why), False
     except RecursionError:
-        answer = {"ok": False, "error": {"code": ReaderLimitExceededError.code, "message": "input nests too deeply"}}
+        return _failure(ReaderLimitExceededError.code, "the input nests too deeply"), True
     except Exception as exc:  # a bug or an input nobody foresaw: fail closed, typed, with the cause
-        answer = {
-            "ok": False,
-            "error": {"code": ReaderCrashedError.code, "message": f"unexpected {type(exc).__name__}: {exc}"},
-        }
+        return _failure(ReaderCrashedError.code, f"unexpected {type(exc).__name__}: {exc}"), True
     finally:
         for fd in fds:
             os.close(fd)
-    _send(sock, json.dumps(answer).encode(), [])
+
+
+def _rss() -> int:
+    """Resident memory now (``ru_maxrss`` is the peak, which never goes down)."""
+    with open("/proc/self/statm", "rb") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _serve_one(sock: socket.socket, limits: ReaderLimits) -> bool:
+    """Answer one request; ``False`` when the worker should exit (channel closed, or memory exhausted).
+
+    The cyclic GC stays off while answering (a collection would walk the whole snapshot being built); cyclic
+    garbage of discarded snapshots is collected between requests once the heap has grown past half the budget.
+    """
+    try:
+        raw, fds = _recv(sock)
+    except EOFError:
+        return False
+    answer, keep_going = _answer(raw, fds, limits)
+    _send(sock, answer, [])
+    if _rss() > (limits.memory_mb << 19):
+        gc.collect()
     return keep_going
 
 
@@ -432,5 +462,6 @@ def worker_main(fd: int, limits_json: str) -> None:
     sock = socket.socket(fileno=fd)
     _apply_limits(limits)
     _in_process.set(True)
+    gc.disable()
     while _serve_one(sock, limits):
         pass
