@@ -4,6 +4,10 @@ Pure and deterministic: the same inputs give byte-identical files. JSON is writt
 indent 2 and a trailing newline; the only time-dependent values (``generated_at_utc`` and the run's
 counters) live in ``manifest.json``, which is excluded from the content hash. Publishing the result
 atomically is :mod:`rd_assets.bundle_store`'s job.
+
+Every text comes from an untrusted pickle, and a lone surrogate in it cannot be encoded as UTF-8: JSON
+carries it as the literal escape ``\\ud800`` (:func:`json_bytes`), and text files holding one (``model.py``,
+factor code) are not published but reported, because a consumer must read every file as UTF-8.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from rd_assets.bundle_models import (
 )
 from rd_assets.errors import BundleStoreError
 from rd_assets.models import SnapshotSelection, SotaFactorExperiment
+from rd_assets.text_safety import jsonable, publishable_code
 
 if TYPE_CHECKING:  # annotations only: the publisher and verifier stay free of numpy and the unpickler
     from rd_assets.factor_code import FactorCodeSet
@@ -60,8 +65,11 @@ class BundleContent:
 
 
 def json_bytes(doc: BaseModel) -> bytes:
-    """The one serialisation of every bundle JSON: sorted keys, indent 2, trailing newline, no NaN."""
-    text = json.dumps(doc.model_dump(mode="json"), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
+    """The one serialisation of every bundle JSON: sorted keys, indent 2, trailing newline, valid UTF-8.
+
+    Non-finite floats are null (never a bare ``NaN``); lone surrogates are the literal text ``\\ud800``.
+    """
+    text = json.dumps(jsonable(doc), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
     return (text + "\n").encode("utf-8")
 
 
@@ -111,11 +119,16 @@ def readiness(
         reasons.append(f"{REASON_FACTOR_CODE}: {'; '.join(factor_code.index.incomplete)}")
     if not factor_order.is_aligned or not factor_order.model_input_order:
         reasons.append(f"{REASON_ORDER}: {factor_order.alignment_reason or 'model_input_order unresolved'}")
-    if needs_model_py(model) and anchor.model_py is None:
+    model_py, why = _model_py(anchor)
+    if needs_model_py(model) and model_py is None:
         network = model.introspection.network_class if model is not None else None
-        why = anchor.model_py_problem or "no model.py in the session"
         reasons.append(f"{REASON_MODEL_CODE}: the network {network} is defined by the run's model.py: {why}")
     return reasons
+
+
+def _model_py(anchor: SotaFactorExperiment) -> tuple[str | None, str | None]:
+    """The run's model.py when it can be published as UTF-8, else ``None`` and why not."""
+    return publishable_code(anchor.model_py, anchor.model_py_problem or "no model.py in the session")
 
 
 def _utc_now() -> str:
@@ -150,8 +163,9 @@ def assemble_bundle(
         _put(files, MODEL_TXT, model_txt.encode("utf-8"))
     if model is not None and model.safetensors is not None:
         _put(files, MODEL_SAFETENSORS, model.safetensors)
-    if needs_model_py(model) and anchor.model_py is not None:
-        _put(files, MODEL_PY, anchor.model_py.encode("utf-8"))
+    model_py = _model_py(anchor)[0]
+    if needs_model_py(model) and model_py is not None:
+        _put(files, MODEL_PY, model_py.encode("utf-8"))
     code_relpaths = {f.name: f.relpath for f in factor_code.index.files if f.relpath in factor_code.files}
     sota = SotaFactorsDoc(
         task_id=anchor.task_id,
@@ -214,4 +228,5 @@ def assemble_bundle(
         extract_run=report.run,
     )
     files[MANIFEST] = json_bytes(manifest)
-    return BundleContent(task_id=anchor.task_id, files=files, manifest=manifest)
+    # read back, so the manifest in hand is exactly what consumers read (escaped text included)
+    return BundleContent(task_id=anchor.task_id, files=files, manifest=Manifest.model_validate_json(files[MANIFEST]))

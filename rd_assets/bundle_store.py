@@ -42,6 +42,8 @@ LINK_TMP_PREFIX = ".tmp-link-"
 LOCK_NAME = ".lock"
 _VERSION_RE = re.compile(r"^v(\d{6,})-[0-9a-f]{12}$")
 RELPART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+NAME_MAX = 255
+"""Longest file name (bytes) common filesystems take; RELPART_RE admits ASCII only, so characters = bytes."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,11 @@ def _check_task_id(task_id: str) -> None:
 
 
 def check_relpath(relpath: str) -> None:
-    """Bundle relpaths are canonical plain names (``factors/x.py``): nothing absolute, hidden, empty or traversing."""
-    if not all(RELPART_RE.fullmatch(part) for part in relpath.split("/")):
+    """Bundle relpaths are canonical plain names (``factors/x.py``), checked before anything is written.
+
+    Nothing absolute, hidden, empty or traversing, and no part longer than :data:`NAME_MAX` (uncreatable).
+    """
+    if not all(RELPART_RE.fullmatch(part) and len(part) <= NAME_MAX for part in relpath.split("/")):
         raise BundleStoreError(f"unsafe bundle relpath {relpath!r}", path=relpath)
 
 

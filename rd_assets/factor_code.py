@@ -4,21 +4,34 @@ Each SOTA factor's ``factor.py`` text becomes ``factors/<safe name>.py``; the an
 also ``factor_entry.py``. Consumers address code by file_dict-style keys (``factor.py``,
 ``based_factor_{i}/factor.py``), kept in :class:`FactorCodeIndex`. An ``ast`` parse (never an import or exec)
 checks that each file defines ``calculate_<name>`` or a def/class ``<name>``; every factor without such code
-is listed in ``incomplete`` with the reason.
+is listed in ``incomplete`` with the reason. Code that cannot be written as UTF-8 (a lone surrogate from the
+pickle) is not published at all: a consumer must be able to read every code file as UTF-8 text.
+
+File names are derived from untrusted names, so :func:`safe_file_stem` makes one that is valid on every
+consumer's filesystem (Windows included); the original name stays in the JSON (``FactorCodeFile.name``,
+``SotaFactorsDoc.code_relpaths``).
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import re
 from dataclasses import dataclass
 
 from rd_assets.artifact_models import BasedFactorEntry, FactorCodeFile, FactorCodeIndex
 from rd_assets.models import FactorRecord, SotaFactorExperiment
+from rd_assets.text_safety import publishable_code
 
 FACTOR_ENTRY = "factor_entry.py"
 ENTRY_KEY = "factor.py"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+STEM_MAX = 100
+"""Longer stems are cut here and get a hash suffix: far below NAME_MAX (255 bytes) even with ``__n`` and ``.py``."""
+_HASH_CHARS = 12
+_WINDOWS_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+)
 
 
 @dataclass(frozen=True)
@@ -30,9 +43,22 @@ class FactorCodeSet:
 
 
 def safe_file_stem(name: str) -> str:
-    """``[A-Za-z0-9_.-]`` only, no leading dot (no hidden files, never ``.``/``..``)."""
-    stem = _UNSAFE.sub("_", name)
-    return "_" + stem[1:] if stem.startswith(".") else stem or "_"
+    """A file stem valid for any factor name on POSIX and Windows consumers alike.
+
+    ``[A-Za-z0-9_.-]`` only; never empty; no leading dot (no hidden files, never ``.``/``..``) or dash (an
+    option to the consumer's tools, and refused by the store); at most :data:`STEM_MAX` characters plus
+    ``-<sha256 prefix of the name>`` when cut, so long names sharing a prefix stay distinct; never a Windows
+    device name (``CON``, ``com1.x`` ...). The file name ``<stem>.py`` never ends in a dot or space.
+    """
+    stem = _UNSAFE.sub("_", name) or "_"
+    if stem[0] in ".-":
+        stem = "_" + stem[1:]
+    if len(stem) > STEM_MAX:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+        stem = f"{stem[:STEM_MAX]}-{digest[:_HASH_CHARS]}"
+    if stem.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
+        stem = "_" + stem
+    return stem
 
 
 def factor_relpaths(names: list[str]) -> dict[str, str]:
@@ -50,12 +76,18 @@ def factor_relpaths(names: list[str]) -> dict[str, str]:
     return out
 
 
+def _code(code: str | None, missing_reason: str | None) -> tuple[str | None, str | None]:
+    """``(code, None)`` when it can be published as a UTF-8 file, else ``(None, why not)``."""
+    return publishable_code(code, missing_reason or "no code")
+
+
 def code_problem(name: str, code: str | None, missing_reason: str | None) -> str | None:
     """Why ``code`` does not provide factor ``name`` (``None`` when it does)."""
-    if code is None:
-        return missing_reason or "no code"
+    text, refusal = _code(code, missing_reason)
+    if text is None:
+        return refusal
     try:
-        tree = ast.parse(code)
+        tree = ast.parse(text)
     except SyntaxError as exc:
         return f"syntax error at line {exc.lineno}: {exc.msg}"
     defined = {
@@ -66,13 +98,13 @@ def code_problem(name: str, code: str | None, missing_reason: str | None) -> str
     return f"defines neither calculate_{name} nor a def/class {name} at module level"
 
 
-def _file_entry(record: FactorRecord, relpath: str) -> FactorCodeFile:
+def _file_entry(record: FactorRecord, relpath: str, published: bool) -> FactorCodeFile:
     problem = code_problem(record.name, record.code, record.code_missing_reason)
     return FactorCodeFile(
         name=record.name,
-        relpath=relpath if record.code is not None else None,
+        relpath=relpath if published else None,
         file_dict_key=record.file_dict_key,
-        sha256=record.code_sha256,
+        sha256=record.code_sha256 if published else None,
         defines_function=problem is None,
         missing_reason=problem,
     )
@@ -93,22 +125,27 @@ def _based_entries(factors: list[FactorRecord], published: set[str]) -> list[Bas
 def build_factor_code(anchor: SotaFactorExperiment) -> FactorCodeSet:
     """Code files for every SOTA factor, ``factor_entry.py`` and the consumer key index."""
     relpaths = factor_relpaths([f.name for f in anchor.sota_factors])
-    entries = [_file_entry(f, relpaths[f.name]) for f in anchor.sota_factors]
-    files = {relpaths[f.name]: f.code.encode("utf-8") for f in anchor.sota_factors if f.code is not None}
+    codes = {f.file_dict_key: _code(f.code, f.code_missing_reason) for f in anchor.sota_factors}
+    entries = [_file_entry(f, relpaths[f.name], codes[f.file_dict_key][0] is not None) for f in anchor.sota_factors]
+    files = {
+        relpaths[f.name]: text.encode("utf-8")
+        for f in anchor.sota_factors
+        if (text := codes[f.file_dict_key][0]) is not None
+    }
     incomplete = [f"{e.name}: {e.missing_reason}" for e in entries if not e.defines_function]
 
     entry = next((f for f in anchor.sota_factors if f.based_index is None and f.sub_task_index == 0), None)
-    if entry is not None and entry.code is not None:
-        files[FACTOR_ENTRY] = entry.code.encode("utf-8")
+    entry_text, why = (None, "the anchor's sub_task 0 is not among the SOTA factors")
+    if entry is not None:
+        entry_text, why = codes[entry.file_dict_key]
+    if entry_text is not None:
+        files[FACTOR_ENTRY] = entry_text.encode("utf-8")
         entry_key: str | None = ENTRY_KEY
     else:
         entry_key = None
-        why = (
-            entry.code_missing_reason if entry is not None else "the anchor's sub_task 0 is not among the SOTA factors"
-        )
         incomplete.append(f"{FACTOR_ENTRY}: {why}")
 
-    published = {f.file_dict_key for f in anchor.sota_factors if f.code is not None}
+    published = {key for key, (text, _) in codes.items() if text is not None}
     own_keys = [
         f.file_dict_key
         for f in sorted(anchor.sota_factors, key=lambda r: r.sub_task_index)

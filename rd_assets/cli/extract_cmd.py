@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from rd_assets.artifact_models import FactorOrder
 from rd_assets.bundle_models import FACTOR_ORDER, SOTA_FACTORS, ExtractResult, SotaFactorsDoc
-from rd_assets.cli.common import EXIT_ERROR, add_index_options, open_index, print_json
+from rd_assets.cli.common import add_index_options, fail, open_index, print_json, print_lines
 from rd_assets.errors import RdAssetsError
 from rd_assets.extract import ExtractOutcome, extract_task, refuse_inside
 from rd_assets.models import ErrorInfo
@@ -69,8 +68,8 @@ def _order_line(order: FactorOrder) -> list[str]:
     return lines
 
 
-def render_summary(outcome: ExtractOutcome) -> str:
-    """The human summary: anchor, factors, weight, order, alignment, readiness and where the bundle is."""
+def render_summary(outcome: ExtractOutcome) -> list[str]:
+    """The human summary lines: anchor, factors, weight, order, alignment, readiness and where the bundle is."""
     manifest, report = outcome.content.manifest, outcome.report
     anchor, session = manifest.sota_factor_anchor, manifest.session_anchor
     sota = SotaFactorsDoc.model_validate_json(outcome.content.files[SOTA_FACTORS])
@@ -104,7 +103,7 @@ def render_summary(outcome: ExtractOutcome) -> str:
         f"  bundle     {outcome.publish.bundle_path} -> {outcome.publish.version_dir.name}  {state}",
         f"  content    sha256 {outcome.publish.content_hash}",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def _result(args: argparse.Namespace, outcome: ExtractOutcome | None, error: RdAssetsError | None) -> ExtractResult:
@@ -151,10 +150,7 @@ def run(args: argparse.Namespace) -> int:
         if index is not None:
             index.close()
     if args.json:
-        print_json(_result(args, outcome, error).model_dump_json(indent=2))
+        print_json(_result(args, outcome, error))
     elif outcome is not None:
-        print(render_summary(outcome))
-    if error is not None:
-        sys.stderr.write(f"error: {error.code}: {error.message}" + (f" [{error.path}]" if error.path else "") + "\n")
-        return EXIT_ERROR
-    return 0
+        print_lines(render_summary(outcome))
+    return fail(error) if error is not None else 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rd_assets.cli.common import EXIT_ERROR, add_index_options, open_index, print_json, stderr_progress
+from rd_assets.cli.common import EXIT_ERROR, add_index_options, open_index, print_json, print_lines, stderr_progress
 from rd_assets.errors import RdAssetsError
 from rd_assets.models import InspectResult
 from rd_assets.reader import inspect_result, read_task, signing_key_from_env
@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def render_table(result: InspectResult) -> str:
+def render_table(result: InspectResult) -> list[str]:
+    """The human tables: candidates, the chosen snapshot, the anchor and its SOTA factors."""
     lines = [f"task {result.task_id}  ({result.log_dir})", "", "candidates:"]
     lines.append(f"  {'relpath':<32} {'size':>12}  {'hist':>5}  note")
     chosen = result.chosen_snapshot
@@ -47,7 +48,7 @@ def render_table(result: InspectResult) -> str:
             lines.append(f"  {i:>2} {f.name:<32} {f.hist_index!s:>4}  {f.file_dict_key:<28} {sha}")
     if result.error:
         lines += ["", f"error: {result.error.code}: {result.error.message}"]
-    return "\n".join(lines)
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
         index.close()
     result = inspect_result(args.log_dir, reading, error)
     if args.json:
-        print_json(result.model_dump_json(indent=2, exclude={"selection"}))
+        print_json(result, exclude={"selection"})
     else:
-        print(render_table(result))
+        print_lines(render_table(result))
     if result.error:
-        sys.stderr.write(f"error: {result.error.code}\n")
+        print_lines([f"error: {result.error.code}"], sys.stderr)
         return EXIT_ERROR
     return 0

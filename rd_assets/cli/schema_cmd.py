@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rd_assets.cli.common import print_json
+from rd_assets.cli.common import print_json, print_lines
 from rd_assets.schemas import export_schemas, schema_files
 
 
@@ -18,8 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.out is None:
-        print_json({name: json.loads(data) for name, data in schema_files().items()})
+        print_json({name: json.loads(data) for name, data in schema_files().items()}, sort_keys=True)
         return 0
-    for path in export_schemas(args.out):
-        print(path)
+    print_lines(str(path) for path in export_schemas(args.out))
     return 0

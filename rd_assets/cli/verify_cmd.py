@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from rd_assets.bundle_models import VerifyReport
-from rd_assets.cli.common import EXIT_ERROR, print_json
+from rd_assets.cli.common import EXIT_ERROR, print_json, print_lines
 from rd_assets.errors import BundleIntegrityError
 from rd_assets.verify import verify_bundle
 
@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def render(report: VerifyReport) -> str:
+def render(report: VerifyReport) -> list[str]:
+    """The human report: which version was checked and each problem (they quote the bundle's own names)."""
     lines = [f"bundle {report.bundle_dir}", f"  version  {report.version_dir}", f"  task     {report.task_id}"]
     lines.append(f"  content  sha256 {report.content_hash}  ({report.checked_files} files)")
     lines += [f"  note     {note}" for note in report.notes]
@@ -28,16 +29,16 @@ def render(report: VerifyReport) -> str:
     else:
         lines.append(f"  {len(report.problems)} problem(s):")
         lines += [f"    - {problem}" for problem in report.problems]
-    return "\n".join(lines)
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
     report = verify_bundle(args.bundle_dir)
     if args.json:
-        print_json(report.model_dump_json(indent=2))
+        print_json(report)
     else:
-        print(render(report))
+        print_lines(render(report))
     if not report.ok:
-        sys.stderr.write(f"error: {BundleIntegrityError.code}: {len(report.problems)} problem(s)\n")
+        print_lines([f"error: {BundleIntegrityError.code}: {len(report.problems)} problem(s)"], sys.stderr)
         return EXIT_ERROR
     return 0
