@@ -300,7 +300,9 @@ class IsolatedReader:
             try:
                 sock.settimeout(self.limits.timeout_seconds)
                 _send(sock, json.dumps({"op": name, "args": payload}).encode(), fds)
-                answer, _ = _recv(sock)
+                message = json.loads(_recv(sock)[0])
+                if message.get("retire"):  # the worker exits after this answer: never send it another request
+                    self.close()
             except TimeoutError:
                 self.close()
                 raise ReaderLimitExceededError(
@@ -311,10 +313,12 @@ class IsolatedReader:
                 returncode = proc.wait(timeout=10)
                 self.close()
                 raise _death(returncode, shown) from None
+            except ValueError:  # not JSON: a worker in an unknown state is not asked again
+                self.close()
+                raise ReaderCrashedError("the reader answered something that is not JSON", path=shown) from None
             finally:
                 for fd in made:
                     os.close(fd)
-        message = json.loads(answer)
         if message.get("ok"):
             return message["result"]
         raise _rebuild(message.get("error") or {}, shown)
@@ -446,7 +450,7 @@ def _serve_one(sock: socket.socket, limits: ReaderLimits) -> bool:
     except EOFError:
         return False
     answer, keep_going = _answer(raw, fds, limits)
-    _send(sock, answer, [])
+    _send(sock, answer if keep_going else answer[:-1] + b', "retire": true}', [])
     if _rss() > (limits.memory_mb << 19):
         gc.collect()
     return keep_going

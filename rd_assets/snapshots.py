@@ -112,6 +112,11 @@ def _utf8_name(name: str) -> str | None:
     return name
 
 
+def _shown_name(name: str) -> str:
+    """A non-UTF-8 file name as printable text: each undecodable byte as ``\xff``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def discover(log_dir: Path, *, access: AccessLog | None = None) -> list[SnapshotFile]:
     """All snapshot files, sorted by (loop_idx, step_idx), found with scandir/lstat only (never a symlink)."""
     if not log_dir.is_dir():
@@ -126,25 +131,19 @@ def discover(log_dir: Path, *, access: AccessLog | None = None) -> list[Snapshot
             match = _STEP_RE.match(entry.name)
             if not match or not entry.is_file(follow_symlinks=False):
                 continue
-            name = _utf8_name(entry.name)
-            step_name = (
-                match.group(2)
-                if name is not None
-                else entry.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            )
+            utf8 = _utf8_name(entry.name) is not None
+            step_name = match.group(2) if utf8 else _shown_name(match.group(2))
             st = entry.stat(follow_symlinks=False)
             found.append(
                 SnapshotFile(
                     path=Path(entry.path),
-                    relpath=f"{SESSION_DIR}/{loop.name}/{match.group(1)}_{step_name}"
-                    if name is None
-                    else f"{SESSION_DIR}/{loop.name}/{entry.name}",
+                    relpath=f"{SESSION_DIR}/{loop.name}/{match.group(1)}_{step_name}",
                     loop_idx=int(loop.name),
                     step_idx=int(match.group(1)),
                     step_name=step_name,
                     size=st.st_size,
                     mtime_ns=st.st_mtime_ns,
-                    utf8_name=name is not None,
+                    utf8_name=utf8,
                 )
             )
     found.sort(key=lambda f: (f.loop_idx, f.step_idx, f.step_name))

@@ -666,6 +666,8 @@ def _load(reader: Any, path: str | None) -> Any:
         raise
     except RecursionError as exc:
         raise UnreadableSnapshotError("pickle nests too deeply", path=path) from exc
+    except MemoryError:  # a limit of the process reading it, not a property of the file: the reader types it
+        raise
     except Exception as exc:  # any failure to rebuild data means the file is not a readable snapshot
         raise UnreadableSnapshotError(f"not a readable pickle ({type(exc).__name__}: {exc})", path=path) from exc
 
