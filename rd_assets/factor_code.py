@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 
 from rd_assets.artifact_models import BasedFactorEntry, FactorCodeFile, FactorCodeIndex
+from rd_assets.errors import RdAssetsError
+from rd_assets.isolation import isolated
 from rd_assets.models import FactorRecord, SotaFactorExperiment
 from rd_assets.text_safety import publishable_code
 
@@ -81,19 +83,38 @@ def _code(code: str | None, missing_reason: str | None) -> tuple[str | None, str
     return publishable_code(code, missing_reason or "no code")
 
 
+@dataclass(frozen=True)
+class CodeOutline:
+    """What a code file defines at module level, or why it does not parse."""
+
+    defined: list[str]
+    syntax_error: str | None = None
+
+
+@isolated
+def outline_code(text: str) -> CodeOutline:
+    """``ast.parse`` (never an import or exec) in the isolated reader: hostile code can exhaust the parser
+    (``-`` * 10**6 is a MemoryError, ``a.`` * 10**6 a RecursionError), which the reader turns into a typed limit."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as exc:
+        return CodeOutline([], f"syntax error at line {exc.lineno}: {exc.msg}")
+    kinds = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+    return CodeOutline(sorted({node.name for node in tree.body if isinstance(node, kinds)}))
+
+
 def code_problem(name: str, code: str | None, missing_reason: str | None) -> str | None:
     """Why ``code`` does not provide factor ``name`` (``None`` when it does)."""
     text, refusal = _code(code, missing_reason)
     if text is None:
         return refusal
     try:
-        tree = ast.parse(text)
-    except SyntaxError as exc:
-        return f"syntax error at line {exc.lineno}: {exc.msg}"
-    defined = {
-        node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-    }
-    if f"calculate_{name}" in defined or name in defined:
+        outline = outline_code(text)
+    except RdAssetsError as exc:
+        return f"the code could not be parsed ({exc.code}: {exc.message})"
+    if outline.syntax_error is not None:
+        return outline.syntax_error
+    if f"calculate_{name}" in outline.defined or name in outline.defined:
         return None
     return f"defines neither calculate_{name} nor a def/class {name} at module level"
 

@@ -109,11 +109,11 @@ class _Codec:
         hint = get_type_hints(fn)["return"]
         self.adapter: TypeAdapter[Any] | None = None if hint is Any else TypeAdapter(hint)
 
-    def encode(self, result: Any) -> Any:
-        return result if self.adapter is None else self.adapter.dump_python(result, mode="json")
+    def encode(self, result: Any) -> bytes:
+        return json.dumps(result).encode() if self.adapter is None else self.adapter.dump_json(result)
 
-    def decode(self, value: Any) -> Any:
-        return value if self.adapter is None else self.adapter.validate_json(json.dumps(value))
+    def decode(self, raw: bytes) -> Any:
+        return json.loads(raw) if self.adapter is None else self.adapter.validate_json(raw)
 
 
 @functools.cache
@@ -267,6 +267,15 @@ class IsolatedReader:
         self.started += 1
         return proc, ours
 
+    def prestart(self) -> None:
+        """Start the worker now, so its interpreter loads while the caller lists and opens files."""
+        if _in_process.get():
+            return
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self.close()
+                self._proc, self._sock = self._start()
+
     def close(self) -> None:
         """Stop the worker (by its PID) and close the channel."""
         proc, sock, self._proc, self._sock = self._proc, self._sock, None, None
@@ -287,20 +296,24 @@ class IsolatedReader:
         result = self.call(f"{fn.__module__}:{fn.__qualname__}", list(args), path=path)
         return _codec(fn).decode(result)
 
-    def call(self, name: str, args: list[Any], *, path: str | None = None) -> Any:
-        """Run the isolated function ``name`` on ``args``; returns its JSON result or raises its typed error."""
+    def call(self, name: str, args: list[Any], *, path: str | None = None) -> bytes:
+        """Run the isolated function ``name`` on ``args``; returns its JSON result or raises its typed error.
+
+        An answer is one status line (``{"ok": ...}``, or the typed error) and, after it, the result's JSON.
+        """
         shown = path or next((a.shown for a in args if isinstance(a, SessionBody)), None)
+        self.prestart()
         with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self.close()
-                self._proc, self._sock = self._start()
             proc, sock = self._proc, self._sock
+            if proc is None or sock is None:  # closed by another thread in between: start it again
+                self._proc, self._sock = proc, sock = self._start()
             assert sock is not None
             payload, fds, made = _marshal(args)
             try:
                 sock.settimeout(self.limits.timeout_seconds)
                 _send(sock, json.dumps({"op": name, "args": payload}).encode(), fds)
-                message = json.loads(_recv(sock)[0])
+                status, _, result = _recv(sock)[0].partition(b"\n")
+                message = json.loads(status)
                 if message.get("retire"):  # the worker exits after this answer: never send it another request
                     self.close()
             except TimeoutError:
@@ -320,7 +333,7 @@ class IsolatedReader:
                 for fd in made:
                     os.close(fd)
         if message.get("ok"):
-            return message["result"]
+            return result
         raise _rebuild(message.get("error") or {}, shown)
 
 
@@ -406,28 +419,27 @@ def _resolve(name: str) -> Callable[..., Any]:
     return fn
 
 
-def _failure(code: str, message: str) -> bytes:
-    return json.dumps({"ok": False, "error": {"code": code, "message": message}}).encode()
+def _failure(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message}}
 
 
-def _answer(raw: bytes, fds: list[int], limits: ReaderLimits) -> tuple[bytes, bool]:
-    """The encoded answer to one request, and whether the worker may serve another one."""
+def _answer(raw: bytes, fds: list[int], limits: ReaderLimits) -> tuple[dict[str, Any], bytes, bool]:
+    """The status and result JSON of one request, and whether the worker may serve another one."""
     try:
         request = json.loads(raw)
         fn = _resolve(request["op"])
         args = _unmarshal(request["args"], fds)
         _cpu_budget(limits.cpu_seconds)
-        result = fn(*args)
-        return json.dumps({"ok": True, "result": _codec(fn).encode(result)}).encode(), True
+        return {"ok": True}, _codec(fn).encode(fn(*args)), True
     except RdAssetsError as exc:
-        return json.dumps({"ok": False, "error": exc.as_dict()}).encode(), True
+        return {"ok": False, "error": exc.as_dict()}, b"", True
     except MemoryError:  # the address-space limit: this heap may be fragmented beyond use, start afresh
         why = f"the reader ran out of its {limits.memory_mb} MiB ({ENV_MEMORY_MB})"
-        return _failure(ReaderLimitExceededError.code, why), False
+        return _failure(ReaderLimitExceededError.code, why), b"", False
     except RecursionError:
-        return _failure(ReaderLimitExceededError.code, "the input nests too deeply"), True
+        return _failure(ReaderLimitExceededError.code, "the input nests too deeply"), b"", True
     except Exception as exc:  # a bug or an input nobody foresaw: fail closed, typed, with the cause
-        return _failure(ReaderCrashedError.code, f"unexpected {type(exc).__name__}: {exc}"), True
+        return _failure(ReaderCrashedError.code, f"unexpected {type(exc).__name__}: {exc}"), b"", True
     finally:
         for fd in fds:
             os.close(fd)
@@ -449,18 +461,31 @@ def _serve_one(sock: socket.socket, limits: ReaderLimits) -> bool:
         raw, fds = _recv(sock)
     except EOFError:
         return False
-    answer, keep_going = _answer(raw, fds, limits)
-    _send(sock, answer if keep_going else answer[:-1] + b', "retire": true}', [])
+    status, result, keep_going = _answer(raw, fds, limits)
+    if not keep_going:
+        status["retire"] = True
+    _send(sock, json.dumps(status).encode() + b"\n" + result, [])
     if _rss() > (limits.memory_mb << 19):
         gc.collect()
     return keep_going
 
 
+_PRELOADED = (
+    "numpy",
+    "pyarrow.parquet",
+    "yaml",
+    "rd_assets.session_reading",
+    "rd_assets.model_introspection",
+    "rd_assets.qlib_config",
+    "rd_assets.factor_order",
+)
+"""What every reader needs; LightGBM (``verify`` only) loads on its first use."""
+
+
 def worker_main(fd: int, limits_json: str) -> None:
     """The reader process: preload the parsers, apply the limits, answer requests until the channel closes."""
-    import numpy  # noqa: F401 - loaded before the address-space limit is set
-    import pyarrow.parquet  # noqa: F401
-    import yaml  # noqa: F401
+    for module in _PRELOADED:  # loaded before the address-space limit is set, and before the first request
+        importlib.import_module(module)
 
     limits = ReaderLimits(**json.loads(limits_json))
     sock = socket.socket(fileno=fd)

@@ -36,6 +36,7 @@ from rd_assets.errors import (
     ReaderLimitExceededError,
     UnreadableSnapshotError,
 )
+from rd_assets.isolation import shared_reader
 from rd_assets.models import ErrorInfo, SnapshotCandidate, SnapshotSelection
 from rd_assets.session_file import SessionBody, open_session_body, signature_required, unsigned_allowed
 from rd_assets.session_reading import summarize_snapshot
@@ -249,6 +250,7 @@ def select_snapshot(
     """Scan every candidate (cached summaries first), keep the best, report all of them."""
     log_dir = log_dir.resolve()
     task_id = log_dir.name
+    shared_reader().prestart()  # its interpreter starts while the folders are listed
     index.exclude_tree(log_dir)
     snaps = discover(log_dir, access=access)
     if not snaps:

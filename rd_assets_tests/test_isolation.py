@@ -149,3 +149,19 @@ def test_a_crafted_model_string_cannot_kill_verify() -> None:
         problems, note = _load_model_txt(text.encode(), None)
         assert note == "lightgbm load failed", name
         assert "reader_crashed" in problems[0] and name.split("(")[1].rstrip(")") in problems[0], problems
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("-" * 1_000_000 + "1", "reader_limit_exceeded"),
+        ("a." * 1_000_000 + "b", "reader_limit_exceeded"),
+        ("def calculate_F(:\n", "syntax error at line 1"),
+    ],
+)
+def test_hostile_factor_code_cannot_exhaust_the_parser(code: str, expected: str) -> None:
+    """``ast.parse`` of a pickle's code runs in the reader: parser exhaustion is a reason, not a traceback."""
+    from rd_assets.factor_code import code_problem
+
+    problem = code_problem("F", code, None)
+    assert problem is not None and expected in problem
