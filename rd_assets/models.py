@@ -3,22 +3,110 @@
 Each top-level document carries ``schema_version``; ``rd-assets schema`` publishes their JSON Schemas.
 Field names the stock-selection system already uses (``resolved_model_weight_key``, ``hist_len``,
 ``last_sota_factor_index``, ``chosen_session_file``, ``based_factor_entries`` ...) are kept verbatim.
+
+Every contract accepts only values its JSON can carry (:func:`json_safe`): text from a hostile session may
+hold lone surrogates, which no UTF-8 writer can encode, so they are escaped to the literal text ``\\udXXX``
+when a contract is built (visible, reversible by eye, and idempotent). Non-finite floats become ``None``,
+which is what pydantic writes for them in JSON anyway, so a Python dump fed to ``json.dumps(allow_nan=False)``
+agrees with it. Integers too long for ``str()``, containers nested deeper than :data:`MAX_JSON_DEPTH` (or
+holding more than :data:`MAX_JSON_VALUES` values) and objects pydantic cannot write are refused
+(``ValidationError``) when the contract is built, instead of failing later, when it is written.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic_core import PydanticSerializationError, to_json
+
+from rd_assets.text_safety import escape_surrogates
 
 SCHEMA_VERSION = "1.1"
 """1.1: torch exports, model.py, loader order rule, alpha source, warnings (additive to 1.0)."""
+
+MAX_JSON_DEPTH = 32
+"""Deepest container nesting a contract holds; deeper data from a session is cut or refused, never recursed into."""
+
+MAX_JSON_VALUES = 1_000_000
+"""Most values (containers, keys and leaves) one field of a contract holds; bounds the check's walk."""
+
+
+def int_fits_json(value: int) -> bool:
+    """Whether ``str(value)`` stays under the interpreter's int-to-text limit (4,300 digits by default).
+
+    Three bits per digit undercounts (log2(10) > 3), so an accepted int never reaches the limit.
+    """
+    limit = sys.get_int_max_str_digits()
+    return limit == 0 or value.bit_length() <= 3 * limit
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with surrogates escaped and non-finite floats as ``None``; ``ValueError`` for what JSON cannot hold.
+
+    Nested contracts have checked themselves; any other leaf (a date, an enum, bytes, an unpickled stand-in) is
+    accepted only when pydantic can write it. Unchanged values come back as the same objects, so checking a clean
+    document copies nothing. The walk is bounded in depth and in size (:data:`MAX_JSON_VALUES`): one list shared
+    many times over would otherwise cost time exponential in its depth.
+    """
+    left = [MAX_JSON_VALUES]
+
+    def check(item: Any, depth: int) -> Any:
+        left[0] -= 1
+        if left[0] < 0:
+            raise ValueError(f"more than {MAX_JSON_VALUES} values")
+        if isinstance(item, str):
+            return escape_surrogates(item)
+        if item is None or isinstance(item, bool | BaseModel):
+            return item
+        if isinstance(item, int):
+            if not int_fits_json(item):
+                raise ValueError(f"an integer of {item.bit_length()} bits is too long to write as JSON text")
+            return item
+        if isinstance(item, float):
+            return item if math.isfinite(item) else None
+        if not isinstance(item, dict | list | tuple | set | frozenset):
+            try:
+                to_json(item)
+            except PydanticSerializationError as exc:
+                raise ValueError(f"a {type(item).__name__} cannot be written as JSON") from exc
+            return item
+        if depth >= MAX_JSON_DEPTH:
+            raise ValueError(f"data nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, dict):
+            pairs = [(check(k, depth + 1), check(v, depth + 1)) for k, v in item.items()]
+            if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(pairs, item.items(), strict=True)):
+                return item
+            return dict(pairs)
+        checked = [check(v, depth + 1) for v in item]
+        if all(a is b for a, b in zip(checked, item, strict=True)):
+            return item
+        return type(item)(checked) if type(item) in (list, tuple, set, frozenset) else checked
+
+    return check(value, 0)
 
 
 class Contract(BaseModel):
     """Base of every contract: unknown fields are refused so a typo never passes silently."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _json_safe_fields(self, info: ValidationInfo) -> Contract:
+        # JSON input: its parser already refuses lone surrogates, over-long ints and deep nesting, and skipping
+        # the walk keeps warm reads (index hits, parsed from JSON a contract wrote) at half the cost.
+        if info.mode == "json":
+            return self
+        for name, value in list(self.__dict__.items()):
+            try:
+                checked = json_safe(value)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from exc
+            if checked is not value:
+                self.__dict__[name] = checked
+        return self
 
 
 class Document(Contract):

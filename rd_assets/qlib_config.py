@@ -33,7 +33,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from rd_assets.errors import ConfigParseError
 from rd_assets.isolation import isolated
-from rd_assets.models import SotaFactorExperiment
+from rd_assets.models import MAX_JSON_DEPTH, SotaFactorExperiment
 
 BASELINE = "conf_baseline.yaml"
 SOTA_MODEL = "conf_combined_factors_sota_model.yaml"
@@ -49,8 +49,8 @@ MAX_YAML_NODES = 200_000
 """Nodes of the document with every alias expanded: what the caller walks, however few bytes spelled it."""
 MAX_YAML_SCALAR_CHARS = 8 * MAX_CONFIG_CHARS
 """Scalar characters with aliases expanded; 8x the text leaves room for the longer placeholder tokens."""
-MAX_YAML_DEPTH = 64
-"""Real configs nest under 15 levels; the bound keeps every recursive walk of the result far from the C stack."""
+MAX_YAML_DEPTH = MAX_JSON_DEPTH
+"""Real configs nest under 15 levels; a contract holds at most this depth (the config lands in ``model_meta``)."""
 MAX_YAML_INT_CHARS = 4300
 """Python's own int-string limit, applied to sexagesimal ints too (``1:2:3...``), whose bignum folding is quadratic."""
 

@@ -36,7 +36,12 @@ def printable(text: str) -> str:
 
 
 def escape_surrogates(text: str) -> str:
-    """``text`` with each surrogate code point replaced by its literal escape (``\\ud800``), so it encodes as UTF-8."""
+    """``text`` with each surrogate code point replaced by its literal escape (``\\ud800``), so it encodes as UTF-8.
+
+    The same object comes back when there is none (callers test ``is`` to learn whether anything was escaped).
+    """
+    if text.isascii() or not _SURROGATE.search(text):
+        return text
     return _SURROGATE.sub(_escape, text)
 
 

@@ -2,6 +2,8 @@
 
 DESIGN.md rule 3: the weight comes only from the anchor factor experiment's ``sub_workspace_list[*].file_dict``.
 Model experiments, mlruns and the disk are never consulted, so a missing weight is reported, never searched for.
+The sub-workspaces are read with the accessors of :mod:`rd_assets.trace`: a list, workspace or file_dict of
+another shape is an :class:`~rd_assets.errors.UnreadableSnapshotError` naming its place, not a missing weight.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any, Literal
 
 from rd_assets.artifact_models import ModelWeightInfo
 from rd_assets.errors import WeightsNotPersistedError
-from rd_assets.trace import attr
+from rd_assets.metrics import plain_text
+from rd_assets.trace import attr, expect_list, expect_object, file_dict_of, key_list
 
 WEIGHT_KEYS: tuple[Literal["model.pkl", "params.pkl"], ...] = ("model.pkl", "params.pkl")
 """In order of preference: a ``model.pkl`` in any sub-workspace beats a ``params.pkl`` in an earlier one."""
@@ -26,27 +29,31 @@ class ModelWeight:
     data: bytes
 
 
-def _sub_workspace_keys(workspaces: list[Any]) -> str:
-    parts = []
-    for i, ws in enumerate(workspaces):
-        files = attr(ws, "file_dict")
-        if ws is None:
-            parts.append(f"[{i}] None (coding failed)")
-        elif not isinstance(files, dict):
-            parts.append(f"[{i}] no file_dict")
-        else:
-            parts.append(f"[{i}] {sorted(str(k) for k in files)}")
-    return "; ".join(parts) if parts else "no sub-workspaces"
+def _sub_workspace_files(anchor_exp: Any, where: str) -> list[dict[str, Any] | None]:
+    """Per sub-workspace its file_dict (``None`` for a workspace that is ``None``: coding failed)."""
+    found: list[dict[str, Any] | None] = []
+    for i, raw in enumerate(expect_list(attr(anchor_exp, "sub_workspace_list"), f"{where}.sub_workspace_list")):
+        ws = expect_object(raw, f"{where}.sub_workspace_list[{i}]")
+        found.append(None if ws is None else file_dict_of(ws, f"{where}.sub_workspace_list[{i}]"))
+    return found
+
+
+def _present_keys(workspaces: list[dict[str, Any] | None]) -> str:
+    """What the sub-workspaces hold instead, for the message (bounded: a message is no place for a dump)."""
+    parts = [
+        f"[{i}] None (coding failed)" if files is None else f"[{i}] {key_list(files)}"
+        for i, files in enumerate(workspaces)
+    ]
+    return plain_text("; ".join(parts), 4000) if parts else "no sub-workspaces"
 
 
 def resolve_model_weight(anchor_exp: Any, *, hist_index: int) -> ModelWeight:
     """First ``model.pkl`` bytes of any sub-workspace (index order), else the first ``params.pkl``."""
-    workspaces = attr(anchor_exp, "sub_workspace_list")
-    workspaces = list(workspaces) if isinstance(workspaces, list | tuple) else []
+    where = f"trace.hist[{hist_index}][0]"
+    workspaces = _sub_workspace_files(anchor_exp, where)
     for key in WEIGHT_KEYS:
-        for i, ws in enumerate(workspaces):
-            files = attr(ws, "file_dict")
-            value = files.get(key) if isinstance(files, dict) else None
+        for i, files in enumerate(workspaces):
+            value = files.get(key) if files is not None else None
             if isinstance(value, bytes | bytearray):
                 data = bytes(value)
                 info = ModelWeightInfo(
@@ -55,11 +62,10 @@ def resolve_model_weight(anchor_exp: Any, *, hist_index: int) -> ModelWeight:
                     sub_workspace_index=i,
                     size=len(data),
                     sha256=hashlib.sha256(data).hexdigest(),
-                    location=f"trace.hist[{hist_index}][0].sub_workspace_list[{i}].file_dict[{key!r}]",
+                    location=f"{where}.sub_workspace_list[{i}].file_dict[{key!r}]",
                 )
                 return ModelWeight(info=info, data=data)
-    present = _sub_workspace_keys(workspaces)
     raise WeightsNotPersistedError(
         f"weights not persisted in session: the anchor factor experiment trace.hist[{hist_index}] has no "
-        f"model.pkl/params.pkl bytes in sub_workspace_list[*].file_dict; keys present: {present}"
+        f"model.pkl/params.pkl bytes in sub_workspace_list[*].file_dict; keys present: {_present_keys(workspaces)}"
     )
