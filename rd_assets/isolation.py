@@ -6,7 +6,8 @@ result validated back here. The worker:
 
 * is a fresh interpreter (``python -I -B``, not a fork) started with a fixed, tiny environment: no
   ``RD_ASSETS_SIGNING_KEY``, no API token, no ``PYTHON*`` variables; it inherits no descriptor but its channel;
-* never opens a file: session bytes arrive as sealed memory files, the parent has opened and verified them;
+* never opens a path under a log dir: session bytes arrive as descriptors the parent opened (sealed,
+  verified copies when a key checks them);
 * runs under ``RLIMIT_AS`` (memory), ``RLIMIT_CPU`` (per call), ``RLIMIT_NOFILE``, ``RLIMIT_FSIZE=0`` (it cannot
   write a byte to any file) and ``RLIMIT_CORE=0``; the parent adds a wall-clock timeout per call.
 

@@ -1,9 +1,9 @@
 """Open one session file safely, apply the signature policy and verify its MAC before a byte is parsed.
 
-A session file is copied once (by the kernel, ``sendfile``) into a sealed anonymous memory file: the bytes
-whose HMAC is checked are then exactly the bytes the reader parses, even if RD-Agent (or an attacker)
-rewrites the log file meanwhile, and the isolated reader process receives them as a file descriptor without
-ever opening anything under the log dir itself.
+A file whose signature is checked is copied once (by the kernel, ``sendfile``) into a sealed anonymous memory
+file and its HMAC computed over that copy: the bytes that verified are then exactly the bytes the reader
+parses, even if RD-Agent (or an attacker) rewrites the log file meanwhile. Any other file is handed to the
+reader as the descriptor opened here. Either way the isolated reader never opens a path itself.
 
 Opening: ``O_NOFOLLOW | O_NONBLOCK`` (a symlink or a FIFO swapped in after discovery is refused, never
 followed or waited on) and an ``fstat`` regular-file check.
@@ -18,12 +18,10 @@ Signature policy (DESIGN: a configured key means signed sessions are expected):
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
 import hmac
-import mmap
 import os
 import stat
 from dataclasses import dataclass
@@ -38,13 +36,14 @@ from rd_assets.errors import (
     UnreadableSnapshotError,
     UnsignedSnapshotError,
 )
-from rd_assets.unpickler import safe_loads
+from rd_assets.unpickler import load_stream
 
 SIGNED_MAGIC = b"RDAGENT_SIGNED_PICKLE_V1\n"
 SIGNED_HEADER_LEN = len(SIGNED_MAGIC) + 32
 ENV_REQUIRE_SIGNATURE = "RD_ASSETS_REQUIRE_SIGNATURE"
 ENV_ALLOW_UNSIGNED = "RD_ASSETS_ALLOW_UNSIGNED"
 ENV_MAX_SNAPSHOT_MB = "RD_ASSETS_MAX_SNAPSHOT_MB"
+_READ_BUFFER = 1 << 16
 DEFAULT_MAX_SNAPSHOT_MB = 4096
 """A session file is held in memory once while it is read; genuine ones are a few MB to a few hundred."""
 
@@ -183,11 +182,19 @@ def _sealed_copy(src: int, size: int, shown: str) -> int:
     return memfd
 
 
+_CHUNK = 1 << 20
+
+
 def _verify(memfd: int, size: int, mac: bytes, signing_key: str | bytes, shown: str) -> None:
-    with mmap.mmap(memfd, size, prot=mmap.PROT_READ) as view:
-        expected = hmac.new(signing_key_digest(signing_key), memoryview(view)[SIGNED_HEADER_LEN:], hashlib.sha256)
-        if not hmac.compare_digest(expected.digest(), mac):
-            raise SignatureMismatchError("HMAC-SHA256 does not match the configured signing key", path=shown)
+    """HMAC-SHA256 of the sealed copy's body, compared in constant time, before anything parses it."""
+    expected = hmac.new(signing_key_digest(signing_key), digestmod=hashlib.sha256)
+    offset = SIGNED_HEADER_LEN
+    while offset < size:
+        chunk = os.pread(memfd, min(_CHUNK, size - offset), offset)
+        expected.update(chunk)
+        offset += len(chunk)
+    if not hmac.compare_digest(expected.digest(), mac):
+        raise SignatureMismatchError("HMAC-SHA256 does not match the configured signing key", path=shown)
 
 
 def _policy(head: bytes, size: int, signing_key: str | bytes | None, shown: str) -> tuple[FileFormat, SignatureStatus]:
@@ -216,8 +223,10 @@ def _policy(head: bytes, size: int, signing_key: str | bytes | None, shown: str)
 def open_session_body(
     path: Path, *, signing_key: str | bytes | None, shown: str | None = None, root: Path | None = None
 ) -> SessionBody:
-    """Open, classify, copy and (with a key) verify one session file; every failure is a typed error.
+    """Open and classify one session file and, with a key, verify a sealed copy; every failure is typed.
 
+    Only a file whose signature is checked is copied (what was verified must be what is parsed); any other
+    file is handed over as the opened descriptor itself, so a large plain session is read once, streaming.
     ``root``: ``path`` is relative to this folder and no folder on the way may be a symlink.
     """
     shown = shown or str(path)
@@ -235,31 +244,29 @@ def open_session_body(
         except OSError as exc:
             raise UnreadableSnapshotError(f"cannot read file ({exc.strerror or exc})", path=shown) from exc
         file_format, signature = _policy(head, size, signing_key, shown)
-        memfd = _sealed_copy(fd, size, shown)
+        offset = SIGNED_HEADER_LEN if file_format is FileFormat.SIGNED else 0
+        if signature is not SignatureStatus.VERIFIED:
+            body = SessionBody(fd, size, offset, file_format, signature, shown)
+            fd = -1  # the body owns it now
+            return body
+        body = SessionBody(_sealed_copy(fd, size, shown), size, offset, file_format, signature, shown)
     finally:
-        os.close(fd)
-    body = SessionBody(
-        memfd, size, SIGNED_HEADER_LEN if file_format is FileFormat.SIGNED else 0, file_format, signature, shown
-    )
-    if signature is SignatureStatus.VERIFIED:
-        try:
-            _verify(memfd, size, head[len(SIGNED_MAGIC) : SIGNED_HEADER_LEN], signing_key or b"", shown)
-        except BaseException:
-            body.close()
-            raise
+        if fd >= 0:
+            os.close(fd)
+    try:
+        _verify(body.fd, size, head[len(SIGNED_MAGIC) : SIGNED_HEADER_LEN], signing_key or b"", shown)
+    except BaseException:
+        body.close()
+        raise
     return body
 
 
 def load_body(body: SessionBody) -> Any:
-    """Unpickle a session body in this process, straight from the sealed memory (no copy, no SIGBUS)."""
-    mapped = mmap.mmap(body.fd, body.size, prot=mmap.PROT_READ)
-    view = memoryview(mapped)
-    try:
-        return safe_loads(view[body.offset :], path=body.shown)
-    finally:
-        view.release()
-        with contextlib.suppress(BufferError):  # a failed load's traceback may still hold a slice: GC unmaps it
-            mapped.close()
+    """Unpickle a session body in this process, streaming through a buffer (no mmap: a plain file truncated
+    while mapped would kill the process with SIGBUS; the bytes land in their final objects with one copy)."""
+    with open(os.dup(body.fd), "rb", buffering=_READ_BUFFER) as stream:
+        stream.seek(body.offset)
+        return load_stream(stream, path=body.shown)
 
 
 @dataclass(frozen=True)

@@ -672,6 +672,11 @@ def _load(reader: Any, path: str | None) -> Any:
         raise UnreadableSnapshotError(f"not a readable pickle ({type(exc).__name__}: {exc})", path=path) from exc
 
 
+def load_stream(stream: Any, *, path: str | None = None) -> Any:
+    """Unpickle a buffered binary stream (``peek`` lets the C unpickler parse in place) with the same policy."""
+    return _load(stream, path)
+
+
 def safe_loads(data: bytes | memoryview, *, path: str | None = None) -> Any:
     """Unpickle ``data`` with :class:`RestrictedUnpickler`; every failure becomes a typed error."""
     return _load(_ViewReader(data), path)
