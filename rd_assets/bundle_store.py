@@ -41,9 +41,10 @@ TMP_PREFIX = ".tmp-"
 LINK_TMP_PREFIX = ".tmp-link-"
 LOCK_NAME = ".lock"
 _VERSION_RE = re.compile(r"^v(\d{6,})-[0-9a-f]{12}$")
-RELPART_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 NAME_MAX = 255
 """Longest file name (bytes) common filesystems take; RELPART_RE admits ASCII only, so characters = bytes."""
+RELPART_RE = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.\-]{{0,{NAME_MAX - 1}}}")
+"""One part of a bundle relpath (the API's asset-key pattern is built from it, so both bound a part alike)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def check_relpath(relpath: str) -> None:
 
     Nothing absolute, hidden, empty or traversing, and no part longer than :data:`NAME_MAX` (uncreatable).
     """
-    if not all(RELPART_RE.fullmatch(part) and len(part) <= NAME_MAX for part in relpath.split("/")):
+    if not all(RELPART_RE.fullmatch(part) for part in relpath.split("/")):
         raise BundleStoreError(f"unsafe bundle relpath {relpath!r}", path=relpath)
 
 

@@ -37,6 +37,7 @@ from rd_assets.api.bundle_reader import (
     VersionGoneError,
     closing_on_error,
 )
+from rd_assets.api.limits import ApiLimits, RequestGuard
 from rd_assets.api.responses import (
     ErrorBody,
     ErrorResponse,
@@ -45,6 +46,7 @@ from rd_assets.api.responses import (
     SotaFactorAnchorResponse,
     TaskList,
     TaskProblem,
+    error_envelope,
 )
 from rd_assets.artifact_models import FactorOrder, ModelMeta
 from rd_assets.bundle_models import Manifest, SotaFactorsDoc
@@ -76,7 +78,7 @@ IfNoneMatch = Annotated[str | None, Header(description="an ETag from an earlier 
 
 
 def _error_doc(code: str, message: str) -> dict[str, Any]:
-    return ErrorResponse(error=ErrorBody(code=code, message=message)).model_dump()
+    return error_envelope(code, message).model_dump()
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -178,8 +180,10 @@ def _check_token(token: str | None) -> str | None:
     return token
 
 
-def create_app(store: Path, token: str | None = None) -> FastAPI:
+def create_app(store: Path, token: str | None = None, limits: ApiLimits | None = None) -> FastAPI:
     """The API over the bundle store ``store``; with ``token`` set, every route but ``/health`` requires it.
+
+    ``limits`` (defaults: :class:`ApiLimits`) are checked by the outermost middleware, before the token.
 
     Per-task routes are ``async``: they only resolve a symlink and open or read small files of the local store
     (microseconds), which is cheaper inline than two thread hops; bulk bytes are read in worker threads by
@@ -356,6 +360,7 @@ def create_app(store: Path, token: str | None = None) -> FastAPI:
     app.add_middleware(HeadAsGet)
     if token is not None:
         app.add_middleware(BearerAuth, token=token)
+    app.add_middleware(RequestGuard, limits=limits or ApiLimits())
     return app
 
 

@@ -24,6 +24,11 @@ class ErrorResponse(Contract):
     error: ErrorBody
 
 
+def error_envelope(code: str, message: str) -> ErrorResponse:
+    """The one error shape every refusal uses, from a route or from the limits in front of the routes."""
+    return ErrorResponse(error=ErrorBody(code=code, message=message))
+
+
 class Health(Contract):
     ok: Literal[True] = True
     service: Literal["rd-assets"] = "rd-assets"
