@@ -471,16 +471,9 @@ def _serve_one(sock: socket.socket, limits: ReaderLimits) -> bool:
     return keep_going
 
 
-_PRELOADED = (
-    "numpy",
-    "pyarrow.parquet",
-    "yaml",
-    "rd_assets.session_reading",
-    "rd_assets.model_introspection",
-    "rd_assets.qlib_config",
-    "rd_assets.factor_order",
-)
-"""What every reader needs; LightGBM (``verify`` only) loads on its first use."""
+_PRELOADED = ("numpy", "rd_assets.session_reading")
+"""What reading a session needs, loaded before the first request; the other parsers (pyarrow for footers,
+LightGBM for ``verify``) load on first use, inside the address-space limit, which leaves them ample room."""
 
 
 def worker_main(fd: int, limits_json: str) -> None:
