@@ -34,6 +34,7 @@ from rd_assets.checks import (
     access_metadata,
     order_problems,
     recorded_access,
+    text_or_null,
     weight_source_problems,
     weight_source_result,
     weight_source_spec,
@@ -102,11 +103,11 @@ def session_snapshot(context: AssetExecutionContext, rd_log_root: RdLogRoot) -> 
         "candidates": MetadataValue.int(len(sel.candidates)),
         "skipped": MetadataValue.int(sel.skipped),
         "tied_snapshots": MetadataValue.json(sel.tied_snapshots),
-        "file_format": MetadataValue.text(sel.file_format or "unknown"),
-        "signature": MetadataValue.text(sel.signature or "unknown"),
-        "loop_class": MetadataValue.text(sel.loop_class or "unknown"),
+        "file_format": text_or_null(sel.file_format),
+        "signature": text_or_null(sel.signature),
+        "loop_class": text_or_null(sel.loop_class),
         "session_fingerprint": MetadataValue.text(fp.token),
-        "anchor_error": MetadataValue.text(str(reading.error) if reading.error else "none"),
+        "anchor_error": text_or_null(str(reading.error) if reading.error else None),
         META_UNPICKLED: MetadataValue.int(reading.unpickled),
         META_INDEX: MetadataValue.text(index_state),
         **access_metadata(access),
@@ -139,8 +140,8 @@ def last_sota_factor_exp(
             "anchor_class_path": MetadataValue.text(anchor.anchor_class_path),
             "factor_count": MetadataValue.int(len(names)),
             "factor_names": MetadataValue.json(names),
-            "task_run_id": MetadataValue.text(anchor.task_run_id or "none"),
-            "workspace_path": MetadataValue.text(anchor.experiment_workspace_path or "none"),
+            "task_run_id": text_or_null(anchor.task_run_id),
+            "workspace_path": text_or_null(anchor.experiment_workspace_path),
             **access_metadata(access),
         },
     )
@@ -214,7 +215,7 @@ def factor_order(
         order,
         metadata={
             "config_name": MetadataValue.text(order.config_name or "unresolved"),
-            "model_class": MetadataValue.text(model.class_path or "unknown"),
+            "model_class": text_or_null(model.class_path),
             "model_kind": MetadataValue.text(model.kind),
             "model_feature_count": MetadataValue.text(str(model.feature_count)),
             "model_input_count": MetadataValue.text(str(order.model_input_count)),
@@ -224,7 +225,7 @@ def factor_order(
             "alignment": MetadataValue.text(order.alignment_reason or "aligned"),
             "model_input_order_rule": MetadataValue.text(order.model_input_order_rule or "unresolved"),
             "alpha_source": MetadataValue.text(order.alpha158_source or "unresolved"),
-            "anchor_parquet": MetadataValue.text(order.dynamic_source or "none"),
+            "anchor_parquet": text_or_null(order.dynamic_source),
             "model_input_order": MetadataValue.json(order.model_input_order or []),
             **access_metadata(access),
         },
@@ -246,7 +247,7 @@ def factor_code(last_sota_factor_exp: SotaFactorExperiment) -> Output[FactorCode
             "factor_count": MetadataValue.int(len(last_sota_factor_exp.sota_factors)),
             "code_files": MetadataValue.int(len(code.files)),
             "incomplete": MetadataValue.json(index.incomplete),
-            "resolved_factor_entry_key": MetadataValue.text(index.resolved_factor_entry_key or "none"),
+            "resolved_factor_entry_key": text_or_null(index.resolved_factor_entry_key),
             "factor_file_dict_keys": MetadataValue.json(index.factor_file_dict_keys),
         },
     )
@@ -346,7 +347,7 @@ def aistock_bundle(
         fingerprint=fingerprint,
         content_hash=published.content_hash,
         version_dir=published.version_dir,
-        run_id=context.run_id,
+        run_id=context.run.run_id,
     )
     manifest = content.manifest
     return Output(
@@ -372,6 +373,5 @@ rd_task_assets = [session_snapshot, last_sota_factor_exp, model_weight, factor_o
 rd_task_job = define_asset_job(
     "rd_task_job",
     selection=AssetSelection.assets(*rd_task_assets),
-    partitions_def=rd_task_partitions,
     description="Materialize one task's six assets and their checks (requested by the sensor and the schedule).",
 )

@@ -52,9 +52,15 @@ META_LISTED = "paths_listed"
 weight_source_spec = AssetCheckSpec(
     WEIGHT_SOURCE_CHECK,
     asset="model_weight",
+    partitions_def=rd_task_partitions,
     blocking=True,
     description="the weight bytes come from the anchor factor experiment's sub_workspace_list[*].file_dict",
 )
+
+
+def text_or_null(value: str | None) -> MetadataValue:
+    """Typed metadata: an absent value is null in the UI and the API, never the string "none"."""
+    return MetadataValue.null() if value is None else MetadataValue.text(value)
 
 
 def access_metadata(access: AccessLog) -> dict[str, MetadataValue]:
@@ -166,7 +172,7 @@ def no_workspace_traversal(
             problems,
             opened=MetadataValue.int(len(set(access.opened_paths))),
             listed=MetadataValue.int(len(set(access.listed_paths))),
-            anchor_parquet=MetadataValue.text(factor_order.dynamic_source or "none"),
+            anchor_parquet=text_or_null(factor_order.dynamic_source),
         )
     )
 

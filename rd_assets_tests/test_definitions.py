@@ -63,10 +63,10 @@ def test_checks_have_the_agreed_names_and_blocking_flags() -> None:
 
 
 def test_sensor_and_schedule_run_by_default() -> None:
-    sensor = defs.get_sensor_def("rd_task_sensor")
+    sensor = defs.resolve_sensor_def("rd_task_sensor")
     assert sensor.default_status == DefaultSensorStatus.RUNNING
     assert 15 <= sensor.minimum_interval_seconds <= 30
-    schedule = defs.get_schedule_def("rd_task_backfill_schedule")
+    schedule = defs.resolve_schedule_def("rd_task_backfill_schedule")
     assert schedule.default_status == DefaultScheduleStatus.RUNNING
     assert schedule.cron_schedule == "0 3 * * *"
     assert sensor.job_name == schedule.job_name == "rd_task_job"
@@ -115,9 +115,9 @@ def test_instance_and_workspace_files() -> None:
     import yaml
 
     instance = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    coordinator = instance["run_coordinator"]
-    assert coordinator["class"] == "QueuedRunCoordinator"
-    limits = coordinator["config"]["tag_concurrency_limits"]
+    runs = instance["concurrency"]["runs"]  # the current block (run_coordinator.config is superseded)
+    assert runs["max_concurrent_runs"] == 4
+    limits = runs["tag_concurrency_limits"]
     assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
     assert instance["telemetry"]["enabled"] is False
     assert instance["storage"]["sqlite"]["base_dir"] == {"env": "DAGSTER_HOME"}
@@ -125,3 +125,22 @@ def test_instance_and_workspace_files() -> None:
     assert workspace["load_from"][0]["python_module"]["module_name"] == "rd_assets.definitions"
     deploy = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
     assert "postgresql+psycopg2" in str(deploy["storage"]["postgres"])
+
+
+def test_the_instance_file_loads_as_a_queued_instance(tmp_path: Path) -> None:
+    """dagster.yaml is read by Dagster itself: a queued run coordinator with the per-task limit."""
+    import shutil
+
+    from dagster import DagsterInstance
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+
+    shutil.copyfile(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DAGSTER_HOME", str(tmp_path))
+        instance = DagsterInstance.from_config(str(tmp_path))
+        try:
+            assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+            limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+            assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+        finally:
+            instance.dispose()
