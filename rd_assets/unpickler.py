@@ -475,46 +475,108 @@ def _guard(name: str, fn: Callable[..., Any], target: type | None = None) -> _Gu
 _POSIX = _guard("pathlib.PosixPath", _safe_path(pathlib.PurePosixPath))
 _WINDOWS = _guard("pathlib.WindowsPath", _safe_path(pathlib.PureWindowsPath))
 _PATHLIB = ("pathlib", "pathlib._local")
-_IMMUTABLE_TYPES = (dict, list, tuple, set, frozenset, int, float, complex, str, bool, object)
+_DATA_TYPE_WHY = "a builtin data type: calling it only builds a value, and a type object cannot be configured by BUILD"
+_PATHLIB = ("pathlib", "pathlib._local")
+_NUMPY_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
+_NUMPY_NUMERIC = ("numpy.core.numeric", "numpy._core.numeric")
 
-ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    **{("builtins", t.__name__): t for t in _IMMUTABLE_TYPES},
-    ("builtins", "bytes"): _guard("builtins.bytes", _bytes_like(bytes), bytes),
-    ("builtins", "bytearray"): _guard("builtins.bytearray", _bytes_like(bytearray), bytearray),
-    ("builtins", "range"): _guard("builtins.range", _safe_range, range),
-    ("_codecs", "encode"): _guard("_codecs.encode", _safe_codecs_encode),
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("collections", "defaultdict"): collections.defaultdict,
-    ("collections", "deque"): _PickledDeque,
-    ("builtins", "slice"): _guard("builtins.slice", _safe_slice, slice),
-    ("collections", "Counter"): _guard("collections.Counter", collections.Counter),
-    ("datetime", "datetime"): datetime.datetime,
-    ("datetime", "date"): datetime.date,
-    ("datetime", "time"): datetime.time,
-    ("datetime", "timedelta"): datetime.timedelta,
-    ("datetime", "timezone"): datetime.timezone,
-    ("decimal", "Decimal"): decimal.Decimal,
-    ("uuid", "UUID"): uuid.UUID,  # a mutable class, but its own __setstate__(self, state) makes BUILD on it fail
-    ("uuid", "SafeUUID"): _guard("uuid.SafeUUID", uuid.SafeUUID),
-    ("types", "SimpleNamespace"): types.SimpleNamespace,
-    ("types", "GenericAlias"): _guard("types.GenericAlias", _safe_generic_alias),
-    ("_operator", "getitem"): _guard("_operator.getitem", _safe_getitem),
-    ("operator", "getitem"): _guard("_operator.getitem", _safe_getitem),
-    ("copyreg", "_reconstructor"): _guard("copyreg._reconstructor", _safe_reconstructor),
+
+def _allow(modules: tuple[str, ...], names: tuple[str, ...], obj: Any, why: str) -> dict[tuple[str, str], Any]:
+    return {(module, name): (obj, why) for module in modules for name in names}
+
+
+ALLOW_LIST: dict[tuple[str, str], tuple[Any, str]] = {
+    **{("builtins", t.__name__): (t, _DATA_TYPE_WHY) for t in (dict, list, tuple, set, frozenset)},
+    **{("builtins", t.__name__): (t, _DATA_TYPE_WHY) for t in (int, float, complex, str, bool)},
+    ("builtins", "object"): (object, "object() is an empty inert instance; copyreg names it as a base class"),
+    ("builtins", "bytes"): (
+        _guard("builtins.bytes", _bytes_like(bytes), bytes),
+        "guarded: only from bytes or (str, 'latin1'), never bytes(10**10)",
+    ),
+    ("builtins", "bytearray"): (
+        _guard("builtins.bytearray", _bytes_like(bytearray), bytearray),
+        "guarded like bytes; a bytearray viewed by an array cannot be resized (CPython checks exports)",
+    ),
+    ("builtins", "range"): (_guard("builtins.range", _safe_range, range), "guarded: at most 65,536 items"),
+    ("builtins", "slice"): (
+        _guard("builtins.slice", _safe_slice, slice),
+        "guarded: int or None bounds only (slices of slices nest without a deallocation guard)",
+    ),
+    ("_codecs", "encode"): (
+        _guard("_codecs.encode", _safe_codecs_encode),
+        "guarded: how protocols 0-2 spell bytes, str with the latin1 codec only",
+    ),
+    ("collections", "OrderedDict"): (collections.OrderedDict, "a dict subclass; freeing it is trashcan-paced"),
+    ("collections", "defaultdict"): (
+        collections.defaultdict,
+        "a dict whose factory is only ever another allowed callable or a stand-in class, never called while loading",
+    ),
+    ("collections", "deque"): (_PickledDeque, "rebuilt as a Python subclass so freeing deep nesting is trashcan-paced"),
+    ("collections", "Counter"): (
+        _guard("collections.Counter", collections.Counter),
+        "a dict subclass, called with data",
+    ),
     **{
-        (m, n): _POSIX
-        for m in ("pathlib", "pathlib._local")
-        for n in ("PosixPath", "PurePosixPath", "Path", "PurePath")
+        ("datetime", t.__name__): (t, "an immutable value type whose constructor validates its fields")
+        for t in (datetime.datetime, datetime.date, datetime.time, datetime.timedelta, datetime.timezone)
     },
-    **{(m, n): _WINDOWS for m in ("pathlib", "pathlib._local") for n in ("WindowsPath", "PureWindowsPath")},
-    ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _guard("numpy.dtype", _safe_dtype),
+    ("decimal", "Decimal"): (decimal.Decimal, "an immutable number parsed from a string"),
+    ("uuid", "UUID"): (
+        uuid.UUID,
+        "its own __setstate__(self, state) makes BUILD on the class fail; instances are values",
+    ),
+    ("uuid", "SafeUUID"): (_guard("uuid.SafeUUID", uuid.SafeUUID), "an enum lookup by value"),
+    ("types", "SimpleNamespace"): (types.SimpleNamespace, "a plain attribute bag; its dict is trashcan-paced"),
+    ("types", "GenericAlias"): (
+        _guard("types.GenericAlias", _safe_generic_alias),
+        "guarded: origin a data type, arguments types at most 8 deep",
+    ),
+    **_allow(
+        ("_operator", "operator"),
+        ("getitem",),
+        _guard("_operator.getitem", _safe_getitem),
+        "guarded: subscripting a generic class or a list/tuple/dict/str/bytes, nothing else",
+    ),
+    ("copyreg", "_reconstructor"): (
+        _guard("copyreg._reconstructor", _safe_reconstructor),
+        "guarded: plain objects of stand-in classes or uuid.UUID on object only",
+    ),
+    **_allow(
+        _PATHLIB,
+        ("PosixPath", "PurePosixPath", "Path", "PurePath"),
+        _POSIX,
+        "guarded: becomes a PurePosixPath of str parts, so no filesystem method is reachable",
+    ),
+    **_allow(
+        _PATHLIB,
+        ("WindowsPath", "PureWindowsPath"),
+        _WINDOWS,
+        "guarded: becomes a PureWindowsPath of str parts",
+    ),
+    ("numpy", "ndarray"): (_NDARRAY, "guarded: never callable (arrays are rebuilt by _reconstruct), a type for data"),
+    ("numpy", "dtype"): (_guard("numpy.dtype", _safe_dtype), "guarded: a typecode string, always a fresh dtype"),
+    **_allow(
+        _NUMPY_MULTIARRAY,
+        ("_reconstruct",),
+        _guard("numpy._core.multiarray._reconstruct", _safe_reconstruct),
+        "guarded: an empty plain array that one validated BUILD fills",
+    ),
+    **_allow(
+        _NUMPY_MULTIARRAY,
+        ("scalar",),
+        _guard("numpy._core.multiarray.scalar", _safe_scalar),
+        "guarded: a re-validated dtype, no object scalars",
+    ),
+    **_allow(
+        _NUMPY_NUMERIC,
+        ("_frombuffer",),
+        _guard("numpy._core.numeric._frombuffer", _safe_frombuffer),
+        "guarded: a view of pickled bytes only (never of another array), no object dtypes",
+    ),
 }
-for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    ALLOWED_GLOBALS[(_mod, "_reconstruct")] = _guard(f"{_mod}._reconstruct", _safe_reconstruct)
-    ALLOWED_GLOBALS[(_mod, "scalar")] = _guard(f"{_mod}.scalar", _safe_scalar)
-for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
-    ALLOWED_GLOBALS[(_mod, "_frombuffer")] = _guard(f"{_mod}._frombuffer", _safe_frombuffer)
+"""``(module, name)`` -> (what ``find_class`` hands out, why that is safe). Everything else is refused or inert."""
+
+ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {key: obj for key, (obj, _why) in ALLOW_LIST.items()}
 
 INERT_NUMPY_GLOBALS = frozenset(
     {("numpy.random._pickle", n) for n in ("__randomstate_ctor", "__generator_ctor", "__bit_generator_ctor")}

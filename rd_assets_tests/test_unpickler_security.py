@@ -441,3 +441,38 @@ def test_genuine_model_pickles_are_stand_ins_not_refusals(name: str, expected: s
     before = set(sys.modules)
     assert class_path(safe_loads((SAMPLES / "models" / name).read_bytes())) == expected
     assert not {m.split(".")[0] for m in set(sys.modules) - before} & {"qlib", "lightgbm", "torch"}
+
+
+_WILDCARD_PROBES = ("system", "run", "Popen", "call", "load", "loads", "open", "exec", "eval", "main", "__import__")
+"""Names tried in a module picklescan refuses as a whole ("*")."""
+
+
+def test_no_global_picklescan_calls_dangerous_comes_back_as_a_real_callable() -> None:
+    """An oracle we did not write: picklescan's own list of dangerous globals, fed through ``find_class``.
+
+    Each must be refused or become an inert stand-in class; none may be imported while deciding.
+    """
+    from picklescan.scanner import _unsafe_globals
+
+    before = set(sys.modules)
+    probe = RestrictedUnpickler(io.BytesIO(b""))
+    checked = 0
+    for module, names in _unsafe_globals.items():
+        for name in sorted(names) if names != "*" else _WILDCARD_PROBES:
+            checked += 1
+            try:
+                got = probe.find_class(module, name)
+            except UnsafePickleError:
+                continue
+            assert isinstance(got, type) and issubclass(got, StandIn), (module, name, got)
+    assert checked > 300
+    imported = {m.split(".")[0] for m in set(sys.modules) - before}
+    assert not imported & {m.split(".")[0] for m in _unsafe_globals}, imported
+
+
+def test_every_allow_listed_global_says_why_it_is_safe() -> None:
+    from rd_assets.unpickler import ALLOW_LIST, ALLOWED_GLOBALS
+
+    assert set(ALLOW_LIST) == set(ALLOWED_GLOBALS)
+    for key, (_obj, why) in ALLOW_LIST.items():
+        assert why and "\n" not in why and len(why) > 20, key
