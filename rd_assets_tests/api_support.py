@@ -26,13 +26,13 @@ from rd_assets.extract import extract_task
 from rd_assets.path_map import PathMap
 from rd_assets.samples import PLAIN_TASK, SAMPLE_PATH_MAP, SAMPLE_SIGNING_KEY, SAMPLE_TASKS, SAMPLES_DIR, SIGNED_TASK
 from rd_assets.snapshot_index import SnapshotIndex
+from rd_assets_tests.conftest import RD_ASSETS
 
 __all__ = ["PLAIN_TASK", "SAMPLE_SIGNING_KEY", "SAMPLE_TASKS", "SIGNED_TASK"]
 
 SAMPLES = SAMPLES_DIR
 PATH_MAP = PathMap.parse([SAMPLE_PATH_MAP])
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RD_ASSETS = REPO_ROOT / ".venv" / "bin" / "rd-assets"
 
 
 def extract_samples(store: Path) -> dict[str, BundleContent]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,10 @@ __all__ = ["FIRST_ANCHOR_TASK", "PLAIN_TASK", "SAMPLE_TASKS", "SIGNED_TASK"]
 SAMPLES = SAMPLES_DIR
 SAMPLE_LOGS = SAMPLES / "log"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+VENV_PYTHON = Path(sys.executable)
+"""The interpreter running the suite (whatever environment installed the project), never a hard-coded venv."""
+RD_ASSETS = Path(shutil.which("rd-assets", path=str(VENV_PYTHON.parent)) or VENV_PYTHON.parent / "rd-assets")
+"""The installed console script next to that interpreter."""
 
 
 def expected_for(task_id: str) -> dict[str, Any]:

@@ -12,9 +12,7 @@ from rd_assets.bundle_models import ExtractResult, VerifyReport
 from rd_assets.cli import main
 from rd_assets.schemas import DOCUMENT_MODELS, SCHEMA_SUFFIX, schema_files
 from rd_assets_tests.bundle_testkit import GENERATED_TASK, SAMPLE_PATH_MAP, generated_task, tree_state
-from rd_assets_tests.conftest import PLAIN_TASK, REPO_ROOT, SAMPLE_LOGS, SIGNED_TASK, expected_for
-
-RD_ASSETS = REPO_ROOT / ".venv" / "bin" / "rd-assets"
+from rd_assets_tests.conftest import PLAIN_TASK, RD_ASSETS, REPO_ROOT, SAMPLE_LOGS, SIGNED_TASK, expected_for
 
 
 def _extract_args(log_dir: Path, store: Path, *extra: str) -> list[str]:

@@ -13,10 +13,15 @@ from typing import Any
 import pytest
 
 from rd_assets.models import SCHEMA_VERSION
-from rd_assets_tests.conftest import PLAIN_TASK, REPO_ROOT, SAMPLE_LOGS, SAMPLE_TASKS, SIGNED_TASK, expected_for
+from rd_assets_tests.conftest import (
+    PLAIN_TASK,
+    RD_ASSETS,
+    SAMPLE_LOGS,
+    SAMPLE_TASKS,
+    SIGNED_TASK,
+    expected_for,
+)
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, Snap, growing_timeline, write_task
-
-RD_ASSETS = REPO_ROOT / ".venv" / "bin" / "rd-assets"
 
 
 def run_inspect(log_dir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
