@@ -33,6 +33,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,8 @@ _WORKER_ENV = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin", 
 _HEADER = struct.Struct("<Q")
 _MAX_FDS = 8
 _ISOLATED_ATTR = "__rd_isolated__"
+MAX_MESSAGE_CHARS = 4096
+"""An error message from the reader is cut here: a 400 MB global name must not become a 400 MB report."""
 
 
 @dataclass(frozen=True)
@@ -149,23 +152,54 @@ def _send(sock: socket.socket, payload: bytes, fds: list[int]) -> None:
         sock.sendall(memoryview(data)[len(first) :])
 
 
-def _recv_exact(sock: socket.socket, n: int, into: bytearray) -> None:
+class _ChannelError(ValueError):
+    """The other side broke the channel's rules (size, descriptors, framing)."""
+
+
+def _recv_exact(sock: socket.socket, n: int, into: bytearray, deadline: float | None) -> None:
     while len(into) < n:
+        _arm(sock, deadline)
         chunk = sock.recv(min(n - len(into), 1 << 20))
         if not chunk:
             raise EOFError
         into += chunk
 
 
-def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """One message and the descriptors that came with it; ``EOFError`` when the other side is gone."""
+def _arm(sock: socket.socket, deadline: float | None) -> None:
+    """One deadline per call: each receive may wait only for what is left of it (a trickle cannot extend it)."""
+    if deadline is None:
+        sock.settimeout(None)
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    sock.settimeout(left)
+
+
+def _recv(
+    sock: socket.socket, *, deadline: float | None = None, max_bytes: int | None = None, accept_fds: bool = True
+) -> tuple[bytes, list[int]]:
+    """One message and the descriptors that came with it; ``EOFError`` when the other side is gone.
+
+    ``max_bytes`` is checked against the announced length before anything is allocated; with
+    ``accept_fds=False`` descriptors that arrive anyway are closed and the message refused.
+    """
+    _arm(sock, deadline)
     first, fds, _flags, _addr = socket.recv_fds(sock, 65536, _MAX_FDS)
+    if fds and not accept_fds:
+        for fd in fds:
+            os.close(fd)
+        raise _ChannelError("descriptors attached to an answer")
     if not first:
         raise EOFError
     buf = bytearray(first)
-    _recv_exact(sock, _HEADER.size, buf)
+    _recv_exact(sock, _HEADER.size, buf, deadline)
     (length,) = _HEADER.unpack_from(buf)
-    _recv_exact(sock, _HEADER.size + length, buf)
+    if max_bytes is not None and length > max_bytes:
+        raise _ChannelError(f"an answer of {length} bytes, over the {max_bytes}-byte bound for this input")
+    _recv_exact(sock, _HEADER.size + length, buf, deadline)
+    if len(buf) != _HEADER.size + length:
+        raise _ChannelError("bytes past the end of the answer")
     return bytes(buf[_HEADER.size :]), list(fds)
 
 
@@ -241,11 +275,15 @@ _BOOT = (
 class IsolatedReader:
     """One worker process, started on first use and again after it died; calls are serialised by a lock."""
 
+    boot = _BOOT
+    """The worker's program (``python -c``); tests put a misbehaving one here to prove the parent holds."""
+
     def __init__(self, limits: ReaderLimits | None = None) -> None:
         self.limits = limits or ReaderLimits.from_env()
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
+        self._requests = 0
         self.started = 0
 
     def _start(self) -> tuple[subprocess.Popen[bytes], socket.socket]:
@@ -254,7 +292,7 @@ class IsolatedReader:
         limits = json.dumps(self.limits.__dict__)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-B", "-c", _BOOT, root, str(theirs.fileno()), limits],
+                [sys.executable, "-I", "-B", "-c", self.boot, root, str(theirs.fileno()), limits],
                 pass_fds=[theirs.fileno()],
                 env=_WORKER_ENV,
                 stdin=subprocess.DEVNULL,
@@ -295,12 +333,23 @@ class IsolatedReader:
         """Run an :func:`isolated` function here; its typed result, or its typed error (``path`` names the input)."""
         fn = getattr(isolated_fn, _ISOLATED_ATTR)
         result = self.call(f"{fn.__module__}:{fn.__qualname__}", list(args), path=path)
-        return _codec(fn).decode(result)
+        try:
+            return _codec(fn).decode(result)
+        except ValueError as exc:  # pydantic's ValidationError is one: the worker answered something else
+            self._retire()
+            why = f"the reader's answer is not a valid {fn.__qualname__} result ({str(exc)[:300]})"
+            raise ReaderCrashedError(why, path=path) from None
+
+    def _retire(self) -> None:
+        with self._lock:
+            self.close()
 
     def call(self, name: str, args: list[Any], *, path: str | None = None) -> bytes:
         """Run the isolated function ``name`` on ``args``; returns its JSON result or raises its typed error.
 
-        An answer is one status line (``{"ok": ...}``, or the typed error) and, after it, the result's JSON.
+        An answer is one status line (``{"ok": ..., "id": ...}``, or the typed error) and the result's JSON. Any
+        surprise (wrong id, wrong shape, too big, descriptors, an interruption) retires the worker: a channel in
+        an unknown state is never asked again.
         """
         shown = path or next((a.shown for a in args if isinstance(a, SessionBody)), None)
         self.prestart()
@@ -308,13 +357,15 @@ class IsolatedReader:
             proc, sock = self._proc, self._sock
             if proc is None or sock is None:  # closed by another thread in between: start it again
                 self._proc, self._sock = proc, sock = self._start()
-            assert sock is not None
+            self._requests += 1
+            request_id = self._requests
             payload, fds, made = _marshal(args)
+            deadline = time.monotonic() + self.limits.timeout_seconds
             try:
-                sock.settimeout(self.limits.timeout_seconds)
-                _send(sock, json.dumps({"op": name, "args": payload}).encode(), fds)
-                status, _, result = _recv(sock)[0].partition(b"\n")
-                message = json.loads(status)
+                _send(sock, json.dumps({"op": name, "id": request_id, "args": payload}).encode(), fds)
+                raw, _ = _recv(sock, deadline=deadline, max_bytes=_answer_bound(args), accept_fds=False)
+                status, _, result = raw.partition(b"\n")
+                message = _status(json.loads(status), request_id)
                 if message.get("retire"):  # the worker exits after this answer: never send it another request
                     self.close()
             except TimeoutError:
@@ -324,34 +375,73 @@ class IsolatedReader:
                     path=shown,
                 ) from None
             except (EOFError, OSError):
-                returncode = proc.wait(timeout=10)
+                returncode = _reap(proc)
                 self.close()
                 raise _death(returncode, shown) from None
-            except ValueError:  # not JSON: a worker in an unknown state is not asked again
+            except ValueError as exc:  # not JSON, wrong shape or id, too big: not asked again
                 self.close()
-                raise ReaderCrashedError("the reader answered something that is not JSON", path=shown) from None
+                raise ReaderCrashedError(f"the reader broke the channel: {str(exc)[:300]}", path=shown) from None
+            except BaseException:  # interrupted mid-call: its answer may still be on the way
+                self.close()
+                raise
             finally:
                 for fd in made:
                     os.close(fd)
-        if message.get("ok"):
+        if message["ok"] is True:
             return result
-        raise _rebuild(message.get("error") or {}, shown)
+        raise _rebuild(message["error"], shown)
+
+
+def _answer_bound(args: list[Any]) -> int:
+    """The most an honest answer can take: a bounded JSON part, plus the inputs again, escaped or in base64."""
+    inputs = 0
+    for arg in args:
+        if isinstance(arg, SessionBody):
+            inputs += arg.size
+        elif isinstance(arg, bytes | bytearray | str):
+            inputs += len(arg)
+    return (64 << 20) + 8 * inputs
+
+
+def _status(message: Any, request_id: int) -> dict[str, Any]:
+    """The answer's status line, checked: the right request, ``ok`` a bool, an error made of strings."""
+    if not isinstance(message, dict) or message.get("id") != request_id or not isinstance(message.get("ok"), bool):
+        raise _ChannelError("a status line for another request, or of the wrong shape")
+    error = message.get("error")
+    if not message["ok"] and not (
+        isinstance(error, dict)
+        and all(isinstance(error.get(k), str) for k in ("code", "message"))
+        and isinstance(error.get("path"), str | None)
+    ):
+        raise _ChannelError("an error that is not {code, message, path} text")
+    return message
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> int:
+    """The worker's exit status; a worker that hung up but lives on is killed first."""
+    try:
+        return proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def _death(returncode: int, shown: str | None) -> RdAssetsError:
     if returncode < 0:
-        sig = signal.Signals(-returncode)
-        if sig in (signal.SIGXCPU, signal.SIGXFSZ):
-            return ReaderLimitExceededError(f"the reader hit a hard limit ({sig.name})", path=shown)
-        return ReaderCrashedError(f"the reader process died of {sig.name} on this input", path=shown)
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:  # a real-time signal has no name
+            name = f"signal {-returncode}"
+        if -returncode in (signal.SIGXCPU, signal.SIGXFSZ):
+            return ReaderLimitExceededError(f"the reader hit a hard limit ({name})", path=shown)
+        return ReaderCrashedError(f"the reader process died of {name} on this input", path=shown)
     return ReaderCrashedError(f"the reader process exited ({returncode}) on this input", path=shown)
 
 
 def _rebuild(error: dict[str, Any], shown: str | None) -> RdAssetsError:
     """The worker's typed error as its own class here (unknown codes stay visible as a crashed read)."""
-    code = str(error.get("code") or ReaderCrashedError.code)
+    code, message, path = error["code"], error["message"][:MAX_MESSAGE_CHARS], error.get("path") or shown
     cls = error_classes().get(code)
-    message, path = str(error.get("message") or "no message"), error.get("path") or shown
     if cls is None:
         exc = ReaderCrashedError(f"{code}: {message}", path=path)
     else:
@@ -452,6 +542,14 @@ def _rss() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _request_id(raw: bytes) -> int | None:
+    try:
+        value = json.loads(raw).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
 def _serve_one(sock: socket.socket, limits: ReaderLimits) -> bool:
     """Answer one request; ``False`` when the worker should exit (channel closed, or memory exhausted).
 
@@ -463,8 +561,11 @@ def _serve_one(sock: socket.socket, limits: ReaderLimits) -> bool:
     except EOFError:
         return False
     status, result, keep_going = _answer(raw, fds, limits)
+    status["id"] = _request_id(raw)
     if not keep_going:
         status["retire"] = True
+    if "error" in status:
+        status["error"]["message"] = status["error"]["message"][:MAX_MESSAGE_CHARS]
     _send(sock, json.dumps(status).encode() + b"\n" + result, [])
     if _rss() > (limits.memory_mb << 19):
         gc.collect()

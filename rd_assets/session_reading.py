@@ -52,6 +52,7 @@ class AnchorReading:
         return weight
 
 
+MAX_CLASS_PATH_CHARS = 512
 _kept: dict[str, tuple[str, int, Any]] = {}
 """scan token -> (relpath, hist length, object) of the best snapshot of the scan in progress."""
 
@@ -65,7 +66,10 @@ def summarize_snapshot(body: SessionBody, scan: str) -> SnapshotSummary:
     if kept is None or len(hist) >= kept[1]:
         _kept.clear()
         _kept[scan] = (body.shown, len(hist), obj)
-    return SnapshotSummary(hist_len=len(hist), loop_class=class_path(obj))
+    loop_class = class_path(obj)
+    if loop_class is not None and len(loop_class) > MAX_CLASS_PATH_CHARS:  # a pickle names any global it likes
+        loop_class = loop_class[:MAX_CLASS_PATH_CHARS] + "...(cut)"
+    return SnapshotSummary(hist_len=len(hist), loop_class=loop_class)
 
 
 @isolated

@@ -1,7 +1,8 @@
 """On-disk index of per-snapshot summaries, so an unchanged snapshot is never unpickled twice.
 
-Entries are keyed by (log dir, relpath, size, mtime_ns, signing-key fingerprint, summary version): any
-change to a file, to the key that verifies it, or to the summary format makes a fresh entry. SQLite (WAL)
+Entries are keyed by (log dir, relpath, size, mtime_ns, signing-key and policy fingerprint with the file's inode
+and ctime, summary version): any change to a file (even a same-size swap with its mtime set back), to the key that
+verifies it, or to the summary format makes a fresh entry. SQLite (WAL)
 gives safe concurrent use across processes. The index lives outside every log dir (it is opened lazily and
 an index path inside the log dir being read is refused before anything is created); when it cannot be
 opened the reader still works, it only loses the cache, and says so.
@@ -15,7 +16,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-INDEX_FORMAT = "4"
+INDEX_FORMAT = "5"
 ENV_INDEX_PATH = "RD_ASSETS_INDEX"
 
 

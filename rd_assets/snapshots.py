@@ -17,9 +17,9 @@ being read.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
-import stat
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,37 +70,42 @@ class SnapshotFile:
     step_name: str
     size: int
     mtime_ns: int
+    inode: int = 0
+    ctime_ns: int = 0
+    """With size and mtime, the file's identity in the index: ctime cannot be set back by ``os.utime``."""
     utf8_name: bool = True
     """False for a name with bytes that are not UTF-8: listed as skipped, never opened."""
 
 
-def _session_dir(log_dir: Path) -> Path | None:
-    """``__session__`` if it is a real directory of the task dir; ``None`` when absent; refused if a symlink."""
-    session = log_dir / SESSION_DIR
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_folder(name: str | Path, dir_fd: int | None, shown: Path) -> int | None:
+    """A descriptor of a real folder (never through a symlink); ``None`` when it does not exist."""
     try:
-        mode = session.lstat().st_mode
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise InvalidLogDirError(f"cannot stat {SESSION_DIR}: {exc.strerror}", path=str(session)) from exc
-    if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
-        what = "a symlink" if stat.S_ISLNK(mode) else "not a directory"
-        raise InvalidLogDirError(
-            f"{SESSION_DIR} is {what}; only a real folder inside the task dir is read", path=str(session)
-        )
-    return session
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise InvalidLogDirError(
+                f"{shown.name} is a symlink or not a directory; only real folders inside the task dir are read",
+                path=str(shown),
+            ) from exc
+        raise InvalidLogDirError(f"cannot open {shown.name} ({exc.strerror or exc})", path=str(shown)) from exc
 
 
-def _listing(folder: Path, access: AccessLog | None) -> list[os.DirEntry[str]]:
-    """One folder's entries; a folder that cannot be listed fails the task (a newer snapshot may be inside)."""
+def _listing(folder_fd: int, shown: Path, access: AccessLog | None) -> list[os.DirEntry[str]]:
+    """One folder's entries, listed through its descriptor (a folder swapped for a symlink after it was opened
+    is not followed); a folder that cannot be listed fails the task (a newer snapshot may be inside)."""
     if access:
-        access.listed(folder)
+        access.listed(shown)
     try:
-        with os.scandir(folder) as entries:
+        with os.scandir(folder_fd) as entries:
             return list(entries)
     except OSError as exc:
         raise InvalidLogDirError(
-            f"cannot list {folder.name} ({exc.strerror or exc}); the newest snapshot may be inside it", path=str(folder)
+            f"cannot list {shown.name} ({exc.strerror or exc}); the newest snapshot may be inside it", path=str(shown)
         ) from exc
 
 
@@ -119,41 +124,63 @@ def _shown_name(name: str) -> str:
 
 
 def discover(log_dir: Path, *, access: AccessLog | None = None) -> list[SnapshotFile]:
-    """All snapshot files, sorted by (loop_idx, step_idx), found with scandir/lstat only (never a symlink)."""
+    """All snapshot files, sorted by (loop_idx, step_idx): folders opened ``O_NOFOLLOW`` and listed through their
+    descriptors, files lstat-ed, so nothing outside ``__session__`` is ever listed, even in a race."""
     if not log_dir.is_dir():
         raise InvalidLogDirError("log dir does not exist or is not a directory", path=str(log_dir))
-    session = _session_dir(log_dir)
-    if session is None:
+    session = log_dir / SESSION_DIR
+    session_fd = _open_folder(session, None, session)
+    if session_fd is None:
         return []
     found: list[SnapshotFile] = []
-    loops = [e for e in _listing(session, access) if _LOOP_RE.match(e.name) and e.is_dir(follow_symlinks=False)]
-    for loop in loops:
-        for entry in _listing(Path(loop.path), access):
-            match = _STEP_RE.match(entry.name)
-            if not match or not entry.is_file(follow_symlinks=False):
+    try:
+        for loop in _listing(session_fd, session, access):
+            if not (_LOOP_RE.match(loop.name) and loop.is_dir(follow_symlinks=False)):
                 continue
-            utf8 = _utf8_name(entry.name) is not None
-            step_name = match.group(2) if utf8 else _shown_name(match.group(2))
-            st = entry.stat(follow_symlinks=False)
-            found.append(
-                SnapshotFile(
-                    path=Path(entry.path),
-                    relpath=f"{SESSION_DIR}/{loop.name}/{match.group(1)}_{step_name}",
-                    loop_idx=int(loop.name),
-                    step_idx=int(match.group(1)),
-                    step_name=step_name,
-                    size=st.st_size,
-                    mtime_ns=st.st_mtime_ns,
-                    utf8_name=utf8,
-                )
-            )
+            loop_path = session / loop.name
+            loop_fd = _open_folder(loop.name, session_fd, loop_path)
+            if loop_fd is None:  # removed since the listing
+                continue
+            try:
+                found += _snapshots_in(loop_fd, loop_path, int(loop.name), access)
+            finally:
+                os.close(loop_fd)
+    finally:
+        os.close(session_fd)
     found.sort(key=lambda f: (f.loop_idx, f.step_idx, f.step_name))
     return found
 
 
+def _snapshots_in(loop_fd: int, loop_path: Path, loop_idx: int, access: AccessLog | None) -> list[SnapshotFile]:
+    found = []
+    for entry in _listing(loop_fd, loop_path, access):
+        match = _STEP_RE.match(entry.name)
+        if not match or not entry.is_file(follow_symlinks=False):
+            continue
+        utf8 = _utf8_name(entry.name) is not None
+        step_name = match.group(2) if utf8 else _shown_name(match.group(2))
+        st = entry.stat(follow_symlinks=False)
+        found.append(
+            SnapshotFile(
+                path=loop_path / entry.name,
+                relpath=f"{SESSION_DIR}/{loop_path.name}/{match.group(1)}_{step_name}",
+                loop_idx=loop_idx,
+                step_idx=int(match.group(1)),
+                step_name=step_name,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                inode=st.st_ino,
+                ctime_ns=st.st_ctime_ns,
+                utf8_name=utf8,
+            )
+        )
+    return found
+
+
 def file_key(log_dir: Path, snap: SnapshotFile, signing_key: str | bytes | None) -> FileKey:
-    key_fp = key_fingerprint(signing_key, require_signature=signature_required(), allow_unsigned=unsigned_allowed())
-    return FileKey(str(log_dir), snap.relpath, snap.size, snap.mtime_ns, key_fp)
+    policy = key_fingerprint(signing_key, require_signature=signature_required(), allow_unsigned=unsigned_allowed())
+    identity = f"{policy}/{snap.inode}:{snap.ctime_ns}"  # a same-size file swapped in with its mtime restored
+    return FileKey(str(log_dir), snap.relpath, snap.size, snap.mtime_ns, identity)
 
 
 def _candidate(snap: SnapshotFile, **fields: Any) -> SnapshotCandidate:

@@ -315,6 +315,10 @@ class _PickledDeque(collections.deque):  # type: ignore[type-arg]
 
     __slots__ = ()
 
+    def __setstate__(self, state: Any) -> None:
+        """A plain deque has no state beyond its items; a BUILD here (or, unbound, on the class) is refused."""
+        raise UnsafePickleError("collections.deque", why="BUILD on a deque")
+
 
 def _safe_codecs_encode(text: Any, encoding: Any = "latin1") -> bytes:
     """How protocols 0-2 pickle ``bytes``: ``_codecs.encode(str, 'latin1')``; nothing else of codecs."""

@@ -83,17 +83,23 @@ def _is_write(event: dict) -> bool:
 
 
 def _resolve_relative_opens(events: list[dict]) -> list[dict]:
-    """Snapshots are opened relative to their loop folder's descriptor (``dir_fd``), so the hook sees a bare
-    name: attribute it to the folder opened (``O_DIRECTORY``) just before; any other relative open is kept
-    as is and fails the test as an unexplained access."""
+    """Folders and snapshots are opened relative to their parent's descriptor (``dir_fd``), so the hook sees a
+    bare name: a relative folder (``O_DIRECTORY``) belongs to the last absolute folder opened (``__session__``),
+    a relative file to the last folder. Any other relative open stays as is and fails the test."""
+    root: str | None = None
     folder: str | None = None
     out = []
     for event in events:
         path = event["paths"][0]
-        if event["event"] == "open" and path and not os.path.isabs(path) and folder is not None:
-            event = {**event, "paths": [os.path.join(folder, path)]}
-        if event["event"] == "open" and (event["flags"] or 0) & os.O_DIRECTORY:
-            folder = event["paths"][0]
+        is_dir = event["event"] == "open" and bool((event["flags"] or 0) & os.O_DIRECTORY)
+        if event["event"] == "open" and path and os.path.isabs(path):
+            root = folder = path if is_dir else root
+        elif event["event"] == "open" and path:
+            base = root if is_dir else folder
+            if base is not None:
+                event = {**event, "paths": [os.path.join(base, path)]}
+            if is_dir:
+                folder = event["paths"][0]
         out.append(event)
     return out
 

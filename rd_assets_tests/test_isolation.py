@@ -165,3 +165,95 @@ def test_hostile_factor_code_cannot_exhaust_the_parser(code: str, expected: str)
 
     problem = code_problem("F", code, None)
     assert problem is not None and expected in problem
+
+
+_FAKE_WORKER = """
+import json, os, socket, struct, sys, time
+sock = socket.socket(fileno=int(sys.argv[2]))
+MODE = {mode!r}
+data = sock.recv(65536)
+request = json.loads(data[8:])
+def send(payload, fds=()):
+    frame = struct.pack("<Q", len(payload)) + payload
+    socket.send_fds(sock, [frame], list(fds)) if fds else sock.sendall(frame)
+ok = {{"ok": True, "id": request["id"]}}
+if MODE == "list_status":
+    send(b"[1, 2]\\n")
+elif MODE == "wrong_id":
+    send(json.dumps({{"ok": True, "id": -1}}).encode() + b"\\n0")
+elif MODE == "error_not_text":
+    send(json.dumps({{"ok": False, "id": request["id"], "error": [1]}}).encode())
+elif MODE == "wrong_type":
+    send(json.dumps(ok).encode() + b"\\n" + b'"many"')
+elif MODE == "huge":
+    sock.sendall(struct.pack("<Q", 3 << 30) + b"x" * 1024)
+    time.sleep(30)
+elif MODE == "fds":
+    send(json.dumps(ok).encode() + b"\\n0", fds=[os.open("/dev/null", os.O_RDONLY) for _ in range(4)])
+elif MODE == "trickle":
+    for _ in range(100):
+        sock.sendall(b"\\x00")
+        time.sleep(0.5)
+elif MODE == "hang_up_alive":
+    sock.shutdown(socket.SHUT_RDWR)
+    time.sleep(60)
+time.sleep(60)
+"""
+
+
+class _Misbehaving(IsolatedReader):
+    def __init__(self, mode: str) -> None:
+        super().__init__(ReaderLimits(timeout_seconds=2.0))
+        self.boot = _FAKE_WORKER.format(mode=mode)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize(
+    ("mode", "error"),
+    [
+        ("list_status", ReaderCrashedError),
+        ("wrong_id", ReaderCrashedError),
+        ("error_not_text", ReaderCrashedError),
+        ("wrong_type", ReaderCrashedError),
+        ("huge", ReaderCrashedError),
+        ("fds", ReaderCrashedError),
+        ("trickle", ReaderLimitExceededError),
+        ("hang_up_alive", ReaderCrashedError),
+    ],
+)
+def test_a_worker_that_breaks_the_channel_is_a_typed_error_and_is_retired(mode: str, error: type) -> None:
+    """Found by the red-team pass: the parent must not trust the worker's answer (shape, id, size, descriptors,
+    pace) any more than the worker trusts the file."""
+    reader = _Misbehaving(mode)
+    fds_before = _open_fds()
+    started = time.monotonic()
+    try:
+        with pytest.raises(error):
+            reader.run(probes.allocate, 1)
+        assert time.monotonic() - started < 10  # one deadline per call, however the bytes trickle
+        assert reader.pid is None  # retired: a channel in an unknown state is never asked again
+    finally:
+        reader.close()
+    assert _open_fds() <= fds_before
+
+
+def test_an_interrupted_call_never_leaves_its_answer_for_the_next_one(reader: IsolatedReader) -> None:
+    """Red-team finding: Ctrl-C during a call left the answer queued; the next call read it as its own."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(KeyboardInterrupt):
+            reader.run(probes.sleep_for, 1.5)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    time.sleep(1.5)
+    assert reader.run(probes.allocate, 2) == 2 << 20
+    assert reader.run(probes.environment) == ["LANG", "LC_ALL", "OMP_NUM_THREADS", "PATH"]

@@ -169,15 +169,81 @@ def test_a_file_name_that_is_not_utf8_is_listed_as_skipped(log_root: Path) -> No
     selection.model_dump_json()  # the whole selection stays encodable
 
 
-def test_a_loop_folder_that_cannot_be_listed_fails_the_task_loudly(log_root: Path) -> None:
-    """A folder that vanishes or cannot be listed may hold the newest snapshot: never choose without it."""
+def test_a_loop_folder_that_cannot_be_listed_fails_the_task_loudly(tmp_path: Path) -> None:
+    """A folder that cannot be listed may hold the newest snapshot: never choose without it."""
     from rd_assets.snapshots import _listing
 
-    with pytest.raises(InvalidLogDirError, match="newest snapshot may be inside"):
-        _listing(log_root / "gone", None)
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_bytes(b"")
+    fd = os.open(not_a_folder, os.O_RDONLY)
+    try:
+        with pytest.raises(InvalidLogDirError, match="newest snapshot may be inside"):
+            _listing(fd, not_a_folder, None)
+    finally:
+        os.close(fd)
+
+
+def test_a_loop_folder_swapped_for_a_symlink_during_discovery_never_lists_outside(
+    log_root: Path, tmp_path: Path
+) -> None:
+    """Red-team race: ``__session__/0`` flips between a real folder and a symlink to a private folder while
+    snapshots are discovered; nothing of the private folder may ever appear among the candidates."""
+    log_dir = write_task(log_root, "2026-02-02_00-00-00-000007", growing_timeline(2), hist=HIST)
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "7_private_payroll").write_bytes(b"secret")
+    loop = log_dir / "__session__" / "0"
+    real, link = log_dir / "real0", log_dir / "link0"
+    shutil.move(loop, real)
+    link.symlink_to(private, target_is_directory=True)
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            for source in (real, link):
+                os.rename(source, loop)
+                os.rename(loop, source)
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    seen: set[str] = set()
+    try:
+        for _ in range(400):
+            try:
+                seen |= {f.step_name for f in discover(log_dir)}
+            except InvalidLogDirError:
+                continue  # the swap was caught: refused, loudly
+    finally:
+        stop.set()
+        flipper.join(5)
+    assert "private_payroll" not in seen
 
 
 def test_every_snapshot_refused_under_a_key_is_no_readable_snapshot(tmp_path: Path) -> None:
     plain = generated_task(tmp_path)
     with pytest.raises(NoReadableSnapshotError, match="unsigned_snapshot"):
         extract(plain, tmp_path / "store", signing_key=KEY)
+
+
+def test_a_same_size_file_swapped_in_with_its_mtime_restored_is_read_again(tmp_path: Path) -> None:
+    """Red-team finding: the index kept a signed file's 'verified' summary for a plain file of the same size
+    whose mtime was set back. The file's inode and ctime are part of its identity now."""
+    task = signed_task(tmp_path)
+    index = SnapshotIndex(tmp_path / "index.sqlite")
+    try:
+        first = select_snapshot(task.log_dir, index=index, signing_key=KEY)
+        if first.body is not None:
+            first.body.close()
+        chosen = task.log_dir / first.selection.chosen_snapshot
+        st = chosen.stat()
+        plain = snapshot_bytes(build_loop(HIST, loop_idx=1))
+        chosen.write_bytes(plain[: st.st_size].ljust(st.st_size, b"\x00"))
+        os.utime(chosen, ns=(st.st_atime_ns, st.st_mtime_ns))
+        again = select_snapshot(task.log_dir, index=index, signing_key=KEY)
+        if again.body is not None:
+            again.body.close()
+    finally:
+        index.close()
+    swapped = next(c for c in again.selection.candidates if c.relpath == first.selection.chosen_snapshot)
+    assert swapped.error is not None and swapped.error.code == "unsigned_snapshot"
+    assert again.unpickled >= 1

@@ -22,7 +22,14 @@ from rd_assets.errors import RdAssetsError, UnreadableSnapshotError, UnsafePickl
 from rd_assets.reader import read_task
 from rd_assets.session_file import SIGNED_MAGIC, load_session_file
 from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.unpickler import MAX_GLOBALS_PER_FILE, RestrictedUnpickler, StandIn, class_path, safe_loads
+from rd_assets.unpickler import (
+    ALLOWED_GLOBALS,
+    MAX_GLOBALS_PER_FILE,
+    RestrictedUnpickler,
+    StandIn,
+    class_path,
+    safe_loads,
+)
 from rd_assets_tests.conftest import PLAIN_TASK, REPO_ROOT, SAMPLES, SIGNED_TASK, VENV_PYTHON, expected_for
 from rd_assets_tests.hostile_pickles import (
     AMPLIFIERS,
@@ -476,3 +483,28 @@ def test_every_allow_listed_global_says_why_it_is_safe() -> None:
     assert set(ALLOW_LIST) == set(ALLOWED_GLOBALS)
     for key, (_obj, why) in ALLOW_LIST.items():
         assert why and "\n" not in why and len(why) > 20, key
+
+
+def _build_on_class(module: str, name: str) -> bytes:
+    """``BUILD(module.name, (None, {'__new__': list}))``: a pickle trying to re-configure an allowed class."""
+    slots = b"}" + _bin_str("__new__") + _stack_global("builtins", "list") + b"s"
+    return b"\x80\x04" + _stack_global(module, name) + b"(N" + slots + b"tb."
+
+
+def _bin_str(text: str) -> bytes:
+    raw = text.encode()
+    return b"X" + len(raw).to_bytes(4, "little") + raw
+
+
+@pytest.mark.parametrize(
+    "key",
+    sorted(k for k, v in __import__("rd_assets.unpickler").unpickler.ALLOWED_GLOBALS.items() if isinstance(v, type)),
+)
+def test_no_allow_listed_class_can_be_reconfigured_by_a_pickle(key: tuple[str, str]) -> None:
+    """One file must not change how another is parsed: BUILD on an allowed class object is refused or fails,
+    and the class is unchanged afterwards (a deque subclass once took ``__new__ = list`` for the process)."""
+    cls = ALLOWED_GLOBALS[key]
+    before = dict(vars(cls))
+    with pytest.raises((UnsafePickleError, UnreadableSnapshotError)):
+        safe_loads(_build_on_class(*key))
+    assert dict(vars(cls)) == before
