@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pickle
 import resource
 from collections.abc import Iterator
@@ -46,14 +47,17 @@ EXAMPLES = {"graphs": 400, "random_bytes": 1000, "mutated_pickles": 2000}
 """Examples per property (``max_examples``); every one of them runs (no filtering, no assume)."""
 TOTAL_EXAMPLES = sum(EXAMPLES.values())
 """3,400 examples per run of this file."""
+SCALE = int(os.environ.get("RD_ASSETS_FUZZ_SCALE", "1") or "1")
+"""``RD_ASSETS_FUZZ_SCALE=10`` runs ten times the budget with fresh random seeds (a longer fuzzing session);
+the suite runs the bounded, reproducible default."""
 
 
 def fuzz(prop: str) -> settings:
     """Bounded and reproducible: the same :data:`EXAMPLES` every run, nothing written to the example database."""
     return settings(
-        max_examples=EXAMPLES[prop],
+        max_examples=EXAMPLES[prop] * SCALE,
         deadline=None,
-        derandomize=True,
+        derandomize=SCALE == 1,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
