@@ -23,8 +23,10 @@ from dagster import (
     Output,
     asset,
     define_asset_job,
+    with_source_code_references,
 )
 
+from rd_assets import __version__
 from rd_assets.access_log import AccessLog
 from rd_assets.artifact_models import FactorOrder
 from rd_assets.bundle import assemble_bundle
@@ -52,13 +54,16 @@ from rd_assets.factor_order import resolve_factor_order
 from rd_assets.fingerprint import selection_fingerprint
 from rd_assets.model_introspection import ModelExport, introspect_model
 from rd_assets.model_meta import build_model_meta
-from rd_assets.models import SnapshotSelection, SotaFactorExperiment
+from rd_assets.models import SCHEMA_VERSION, SnapshotSelection, SotaFactorExperiment
 from rd_assets.partitions import rd_task_partitions
 from rd_assets.reader import TaskReading, read_task, reload_anchor
 from rd_assets.resources import BundleStore, RdLogRoot
 from rd_assets.weights import ModelWeight
 
 GROUP = "rd_task"
+OWNERS = ["team:rd-assets"]
+CODE_VERSION = f"{__version__}+schema{SCHEMA_VERSION}"
+"""Changes when the package or its document contract does: Dagster then marks earlier materializations stale."""
 META_UNPICKLED = "unpickled_snapshots"
 META_INDEX = "snapshot_index"
 
@@ -90,6 +95,9 @@ def _same_session(selection: SnapshotSelection, expected: SnapshotSelection) -> 
 @asset(
     partitions_def=rd_task_partitions,
     group_name=GROUP,
+    kinds={"python", "pickle"},
+    owners=OWNERS,
+    code_version=CODE_VERSION,
     description="The session snapshot with the longest trace.hist, with every candidate for audit.",
 )
 def session_snapshot(context: AssetExecutionContext, rd_log_root: RdLogRoot) -> Output[SnapshotSelection]:
@@ -118,6 +126,9 @@ def session_snapshot(context: AssetExecutionContext, rd_log_root: RdLogRoot) -> 
 @asset(
     partitions_def=rd_task_partitions,
     group_name=GROUP,
+    kinds={"python", "pydantic"},
+    owners=OWNERS,
+    code_version=CODE_VERSION,
     description="The last accepted qlib factor experiment in the chosen trace and its SOTA factor list.",
 )
 def last_sota_factor_exp(
@@ -150,6 +161,9 @@ def last_sota_factor_exp(
 @asset(
     partitions_def=rd_task_partitions,
     group_name=GROUP,
+    kinds={"python", "pickle"},
+    owners=OWNERS,
+    code_version=CODE_VERSION,
     check_specs=[weight_source_spec],
     description="The anchor's model.pkl/params.pkl bytes, only from its sub_workspace_list[*].file_dict.",
 )
@@ -193,6 +207,9 @@ def model_weight(
 @asset(
     partitions_def=rd_task_partitions,
     group_name=GROUP,
+    kinds={"python", "parquet", "yaml"},
+    owners=OWNERS,
+    code_version=CODE_VERSION,
     description="The model's input order: alpha names and the anchor parquet's columns (footer only), ordered "
     "by the executed config's data loader, compared with the model's feature count.",
 )
@@ -235,6 +252,9 @@ def factor_order(
 @asset(
     partitions_def=rd_task_partitions,
     group_name=GROUP,
+    kinds={"python"},
+    owners=OWNERS,
+    code_version=CODE_VERSION,
     deps=[factor_order],
     description="Code of every SOTA factor (factors/<name>.py) and the anchor's factor_entry.py, ast-checked.",
 )
@@ -302,6 +322,9 @@ def _extract_report(
 @asset(
     partitions_def=rd_task_partitions,
     group_name=GROUP,
+    kinds={"python", "json"},
+    owners=OWNERS,
+    code_version=CODE_VERSION,
     description="The consumer bundle, assembled by the core and published atomically into the bundle store.",
 )
 def aistock_bundle(
@@ -368,7 +391,9 @@ def aistock_bundle(
     )
 
 
-rd_task_assets = [session_snapshot, last_sota_factor_exp, model_weight, factor_order, factor_code, aistock_bundle]
+rd_task_assets = with_source_code_references(
+    [session_snapshot, last_sota_factor_exp, model_weight, factor_order, factor_code, aistock_bundle]
+)
 
 rd_task_job = define_asset_job(
     "rd_task_job",

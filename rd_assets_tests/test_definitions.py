@@ -144,3 +144,17 @@ def test_the_instance_file_loads_as_a_queued_instance(tmp_path: Path) -> None:
             assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
         finally:
             instance.dispose()
+
+
+def test_every_asset_carries_kinds_owners_code_version_and_its_source() -> None:
+    """What a Dagster engineer reads in the UI: what the asset is made of, who owns it, which code made it."""
+    from rd_assets import __version__
+
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.kinds and "python" in node.kinds, key
+        assert node.owners == ["team:rd-assets"], key
+        assert node.code_version is not None and node.code_version.startswith(__version__), key
+        references = node.metadata.get("dagster/code_references")
+        assert references is not None and references.code_references, key
