@@ -489,6 +489,23 @@ def _apply_limits(limits: ReaderLimits) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _no_new_privileges()
+
+
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_DUMPABLE = 4
+
+
+def _no_new_privileges() -> None:
+    """Linux ``prctl``: no exec can ever gain privileges (setuid, file capabilities), and other processes of the
+    same user cannot ptrace or read the worker's memory. Defence in depth for a worker that got code to run."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for option in (_PR_SET_NO_NEW_PRIVS, _PR_SET_DUMPABLE):
+        value = 1 if option == _PR_SET_NO_NEW_PRIVS else 0
+        if libc.prctl(option, value, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl({option}) refused")
 
 
 def _cpu_budget(seconds: int) -> None:

@@ -67,3 +67,14 @@ def write_bytes(path: str) -> str:
     except OSError as exc:
         return f"refused: {exc.strerror}"
     return "written"
+
+
+@isolated
+def process_status() -> dict[str, str]:
+    """The worker's own ``/proc/self/status`` fields (privileges, limits)."""
+    import ctypes
+
+    with open("/proc/self/status") as fh:
+        status = dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
+    status["Dumpable"] = str(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))  # PR_GET_DUMPABLE
+    return status

@@ -83,6 +83,12 @@ def test_the_reader_holds_no_descriptor_but_its_channel(reader: IsolatedReader, 
     assert sum(p.startswith("socket:") for p in held) == 1
 
 
+def test_the_reader_can_never_gain_privileges_nor_be_traced(reader: IsolatedReader) -> None:
+    status = reader.run(probes.process_status)
+    assert status["NoNewPrivs"].strip() == "1"  # no setuid/capability gain through any exec
+    assert status["Dumpable"] == "0"  # other processes of the same user cannot ptrace it or read its memory
+
+
 def test_the_reader_cannot_write_a_byte(reader: IsolatedReader, tmp_path: Path) -> None:
     target = tmp_path / "target"
     target.write_bytes(b"")
