@@ -202,3 +202,19 @@ def error_classes() -> dict[str, type[RdAssetsError]]:
         found.setdefault(cls.code, cls)
         pending.extend(cls.__subclasses__())
     return found
+
+
+def rebuild_error(code: str, message: str, path: str | None) -> RdAssetsError:
+    """The typed error recorded as ``code`` (in the index, or by the isolated reader), as its own class.
+
+    Built through the base constructor, so subclasses with extra constructor arguments come back with their
+    code, message and path only; an unknown code stays a base error carrying that code.
+    """
+    cls = error_classes().get(code)
+    if cls is None:
+        err = RdAssetsError(message, path=path)
+        err.code = code
+        return err
+    err = cls.__new__(cls)
+    RdAssetsError.__init__(err, message, path=path)
+    return err

@@ -52,6 +52,7 @@ from rd_assets.qlib_config import (
     parse_config,
     spec_kwargs,
 )
+from rd_assets.session_file import file_kind
 
 PARQUET_NAME = "combined_factors_df.parquet"
 _COLUMN_FILTERS = ("FilterCol", "DropCol")
@@ -66,13 +67,6 @@ _MIN_PARQUET_BYTES = 12
 """Leading magic, then the trailing 4-byte footer length and magic: a file around an empty footer."""
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 """No symlink is followed (rule 5 names one file, not where it points) and a FIFO cannot block the open."""
-_NOT_REGULAR = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
 
 
 class FactorOrderError(FactorParquetUnreadableError, ValueError):
@@ -283,8 +277,7 @@ def _open_footer(parquet: Path) -> bytes:
 def _footer_buffer(fd: int, parquet: Path) -> bytes:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
-        kind = next((name for is_kind, name in _NOT_REGULAR if is_kind(info.st_mode)), "a special file")
-        raise _unreadable(parquet, f"is {kind}, not a regular file")
+        raise _unreadable(parquet, f"is {file_kind(info.st_mode)}, not a regular file")
     size = info.st_size
     if size < _MIN_PARQUET_BYTES:
         raise _unreadable(parquet, f"has {size} bytes, too few for a parquet file")

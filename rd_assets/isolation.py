@@ -41,7 +41,13 @@ from typing import Any, ParamSpec, TypeVar, get_type_hints
 
 from pydantic import ConfigDict, TypeAdapter
 
-from rd_assets.errors import RdAssetsError, ReaderCrashedError, ReaderLimitExceededError, error_classes
+from rd_assets.errors import (
+    RdAssetsError,
+    ReaderCrashedError,
+    ReaderLimitExceededError,
+    error_classes,
+    rebuild_error,
+)
 from rd_assets.session_file import FileFormat, SessionBody, SignatureStatus
 
 P = ParamSpec("P")
@@ -307,7 +313,7 @@ class IsolatedReader:
         return proc, ours
 
     def prestart(self) -> None:
-        """Start the worker now, so its interpreter loads while the caller lists and opens files."""
+        """Start the worker unless one is running (and never in the in-process mode)."""
         if _in_process.get():
             return
         with self._lock:
@@ -439,15 +445,11 @@ def _death(returncode: int, shown: str | None) -> RdAssetsError:
 
 
 def _rebuild(error: dict[str, Any], shown: str | None) -> RdAssetsError:
-    """The worker's typed error as its own class here (unknown codes stay visible as a crashed read)."""
+    """The worker's typed error as its own class here (an unknown code stays visible as a crashed read)."""
     code, message, path = error["code"], error["message"][:MAX_MESSAGE_CHARS], error.get("path") or shown
-    cls = error_classes().get(code)
-    if cls is None:
-        exc = ReaderCrashedError(f"{code}: {message}", path=path)
-    else:
-        exc = cls.__new__(cls)
-        RdAssetsError.__init__(exc, message, path=path)
-    return exc
+    if code not in error_classes():
+        return ReaderCrashedError(f"{code}: {message}", path=path)
+    return rebuild_error(code, message, path)
 
 
 _shared: tuple[int, IsolatedReader] | None = None

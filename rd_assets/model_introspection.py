@@ -23,6 +23,7 @@ from typing import Any, Literal
 from rd_assets.artifact_models import ModelIntrospection, TensorSpec
 from rd_assets.errors import RdAssetsError, TorchWeightError
 from rd_assets.isolation import BYTES_AS_BASE64, isolated
+from rd_assets.text_safety import utf8_problem
 from rd_assets.torch_state import export_safetensors, read_torch_state
 from rd_assets.trace import attr
 from rd_assets.unpickler import class_path, safe_loads
@@ -114,14 +115,6 @@ def _torch_or_other(obj: Any, path: str) -> ModelExport:
     return ModelExport(info, None, blob)
 
 
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _uncounted(path: str | None, kind: Literal["lightgbm", "other", "unreadable"], reason: str) -> ModelExport:
     """A model whose feature count cannot be read, and why: nothing is exported for it."""
     return ModelExport(
@@ -144,7 +137,7 @@ def introspect_model(data: bytes) -> ModelExport:
     if booster is None:
         return _torch_or_other(obj, path)
     model_txt = next((attr(booster, k) for k in _BOOSTER_STATE_KEYS if isinstance(attr(booster, k), str)), None)
-    if model_txt is not None and not _utf8(model_txt):
+    if model_txt is not None and utf8_problem(model_txt) is not None:
         return _uncounted(path, "lightgbm", f"the model string inside {path} is not valid UTF-8 text")
     if model_txt is None or not model_txt.startswith("tree"):
         reason = f"the {BOOSTER_CLASS} inside {path} carries no LightGBM model string (untrained or foreign state)"

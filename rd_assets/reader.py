@@ -13,10 +13,9 @@ from pathlib import Path
 from rd_assets.access_log import AccessLog
 from rd_assets.errors import (
     NoReadableSnapshotError,
-    NoSotaFactorExperimentError,
     RdAssetsError,
     SessionChangedError,
-    UnreadableSnapshotError,
+    rebuild_error,
 )
 from rd_assets.models import ErrorInfo, InspectResult, SnapshotCandidate, SnapshotSelection, SotaFactorExperiment
 from rd_assets.session_reading import AnchorReading, read_anchor
@@ -40,19 +39,6 @@ class TaskReading:
     unpickled: int
 
 
-_INTERPRETATION_ERRORS: tuple[type[RdAssetsError], ...] = (NoSotaFactorExperimentError, UnreadableSnapshotError)
-
-
-def _cached_error(info: ErrorInfo) -> RdAssetsError:
-    """The typed error a cached interpretation recorded, so a warm read fails exactly like a cold one."""
-    for cls in _INTERPRETATION_ERRORS:
-        if cls.code == info.code:
-            return cls(info.message, path=info.path)
-    err = RdAssetsError(info.message, path=info.path)
-    err.code = info.code
-    return err
-
-
 def read_task(
     log_dir: Path,
     *,
@@ -72,7 +58,9 @@ def read_task(
         if hit is not None and hit[0] == key:
             cached = ErrorInfo.model_validate_json(hit[1]) if hit[1].startswith('{"code"') else None
             if cached is not None:
-                return TaskReading(selection, None, _cached_error(cached), None, outcome.unpickled)
+                return TaskReading(
+                    selection, None, rebuild_error(cached.code, cached.message, cached.path), None, outcome.unpickled
+                )
             anchor = SotaFactorExperiment.model_validate_json(hit[1])
             return TaskReading(selection, anchor, None, None, outcome.unpickled)
         unpickled = outcome.unpickled

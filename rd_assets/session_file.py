@@ -86,9 +86,18 @@ def signing_key_digest(signing_key: str | bytes) -> bytes:
     return hashlib.sha256(raw).digest()
 
 
-def _describe(mode: int) -> str:
-    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISDIR: "a directory", stat.S_ISSOCK: "a socket", stat.S_ISLNK: "a symlink"}
-    return next((what for test, what in kinds.items() if test(mode)), "not a regular file")
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not regular is, for a reason a person can act on ("a FIFO", "a directory")."""
+    return next((name for is_kind, name in _NOT_REGULAR if is_kind(mode)), "a special file")
 
 
 def _open_error(exc: OSError, what: str, shown: str) -> UnreadableSnapshotError:
@@ -129,7 +138,7 @@ def open_regular(path: Path, shown: str, *, root: Path | None = None) -> int:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise UnreadableSnapshotError(f"{_describe(mode)}, not a regular file", path=shown)
+        raise UnreadableSnapshotError(f"{file_kind(mode)}, not a regular file", path=shown)
     return fd
 
 

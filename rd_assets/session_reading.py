@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from rd_assets.artifact_models import ModelWeightInfo
-from rd_assets.errors import SessionChangedError, WeightsNotPersistedError
+from rd_assets.errors import SessionChangedError, WeightsNotPersistedError, rebuild_error
 from rd_assets.isolation import BYTES_AS_BASE64, isolated
+from rd_assets.metrics import plain_text
 from rd_assets.models import ErrorInfo, SotaFactorExperiment
 from rd_assets.session_file import SessionBody, load_body
 from rd_assets.trace import anchor_experiment, hist_of, interpret_trace
@@ -47,8 +48,8 @@ class AnchorReading:
     def require_weight(self) -> ModelWeight:
         weight = self.weight
         if weight is None:
-            error = self.weight_error
-            raise WeightsNotPersistedError(error.message if error else "no weight", path=error.path if error else None)
+            error = self.weight_error or ErrorInfo(code=WeightsNotPersistedError.code, message="no weight")
+            raise rebuild_error(error.code, error.message, error.path)
         return weight
 
 
@@ -66,10 +67,10 @@ def summarize_snapshot(body: SessionBody, scan: str) -> SnapshotSummary:
     if kept is None or len(hist) >= kept[1]:
         _kept.clear()
         _kept[scan] = (body.shown, len(hist), obj)
-    loop_class = class_path(obj)
-    if loop_class is not None and len(loop_class) > MAX_CLASS_PATH_CHARS:  # a pickle names any global it likes
-        loop_class = loop_class[:MAX_CLASS_PATH_CHARS] + "...(cut)"
-    return SnapshotSummary(hist_len=len(hist), loop_class=loop_class)
+    loop_class = class_path(obj)  # a pickle names any global it likes, of any length
+    return SnapshotSummary(
+        hist_len=len(hist), loop_class=plain_text(loop_class, MAX_CLASS_PATH_CHARS) if loop_class else None
+    )
 
 
 @isolated

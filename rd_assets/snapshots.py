@@ -36,11 +36,11 @@ from rd_assets.errors import (
     ReaderLimitExceededError,
     UnreadableSnapshotError,
 )
-from rd_assets.isolation import shared_reader
 from rd_assets.models import ErrorInfo, SnapshotCandidate, SnapshotSelection
 from rd_assets.session_file import SessionBody, open_session_body, signature_required, unsigned_allowed
 from rd_assets.session_reading import summarize_snapshot
 from rd_assets.snapshot_index import FileKey, SnapshotIndex, key_fingerprint
+from rd_assets.text_safety import utf8_problem
 from rd_assets.unpickler import gc_paused
 
 SESSION_DIR = "__session__"
@@ -109,15 +109,6 @@ def _listing(folder_fd: int, shown: Path, access: AccessLog | None) -> list[os.D
         ) from exc
 
 
-def _utf8_name(name: str) -> str | None:
-    """The name if it is valid UTF-8 (file names are bytes; a 0xff byte arrives here as a lone surrogate)."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return name
-
-
 def _shown_name(name: str) -> str:
     """A non-UTF-8 file name as printable text: each undecodable byte as ``\xff``."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -157,7 +148,7 @@ def _snapshots_in(loop_fd: int, loop_path: Path, loop_idx: int, access: AccessLo
         match = _STEP_RE.match(entry.name)
         if not match or not entry.is_file(follow_symlinks=False):
             continue
-        utf8 = _utf8_name(entry.name) is not None
+        utf8 = utf8_problem(entry.name) is None
         step_name = match.group(2) if utf8 else _shown_name(match.group(2))
         st = entry.stat(follow_symlinks=False)
         found.append(
@@ -277,7 +268,6 @@ def select_snapshot(
     """Scan every candidate (cached summaries first), keep the best, report all of them."""
     log_dir = log_dir.resolve()
     task_id = log_dir.name
-    shared_reader().prestart()  # its interpreter starts while the folders are listed
     index.exclude_tree(log_dir)
     snaps = discover(log_dir, access=access)
     if not snaps:
