@@ -74,7 +74,7 @@ def _status_kb(field: str) -> int:
 
 def worker(method: str, path: Path) -> None:
     """One measurement in a fresh process: seconds and peak RSS growth of the read."""
-    from rd_assets.factor_order import read_dynamic_factors
+    from rd_assets.core.artifacts.factor_order import read_dynamic_factors
 
     before = _status_kb("VmRSS")
     if method == "footer":

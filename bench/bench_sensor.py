@@ -17,8 +17,8 @@ from pathlib import Path
 
 from dagster import SensorResult, build_sensor_context, instance_for_test
 
-from rd_assets.resources import RdLogRoot
-from rd_assets.sensors import rd_task_sensor
+from rd_assets.defs.resources import RdLogRoot
+from rd_assets.defs.sensors import rd_task_sensor
 
 STEPS = ("direct_exp_gen", "coding", "running", "feedback", "record")
 TARGET_S = 2.0

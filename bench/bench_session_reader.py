@@ -55,12 +55,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rd_assets.isolation import in_process, shared_reader  # noqa: E402
-from rd_assets.qlib_config import load_template_yaml  # noqa: E402
-from rd_assets.reader import read_task  # noqa: E402
-from rd_assets.session_file import load_session_file  # noqa: E402
-from rd_assets.snapshot_index import SnapshotIndex  # noqa: E402
-from rd_assets.trace import hist_of  # noqa: E402
+from rd_assets.core.artifacts.qlib_config import load_template_yaml  # noqa: E402
+from rd_assets.core.isolation import in_process, shared_reader  # noqa: E402
+from rd_assets.core.session.file_format import load_session_file  # noqa: E402
+from rd_assets.core.session.index import SnapshotIndex  # noqa: E402
+from rd_assets.core.session.task_reader import read_task  # noqa: E402
+from rd_assets.core.trace.experiments import hist_of  # noqa: E402
 from rd_assets_tests.rdagent_fixtures import (  # noqa: E402
     EVOLVING_ITEM,
     FACTOR_TASK,
@@ -283,9 +283,9 @@ def child_peak_rss(log_dir: Path) -> dict[str, float]:
         "import json, resource, sys, tempfile\n"
         "from pathlib import Path\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from rd_assets.isolation import shared_reader\n"
-        "from rd_assets.reader import read_task\n"
-        "from rd_assets.snapshot_index import SnapshotIndex\n"
+        "from rd_assets.core.isolation import shared_reader\n"
+        "from rd_assets.core.session.task_reader import read_task\n"
+        "from rd_assets.core.session.index import SnapshotIndex\n"
         "def status(key, pid='self'):\n"
         "    line = next(x for x in open(f'/proc/{pid}/status') if x.startswith(key + ':'))\n"
         "    return int(line.split()[1]) / 1024\n"

@@ -1,6 +1,6 @@
 """The one Dagster code location of rd-assets (``[tool.dagster] module_name``, ``workspace.yaml``).
 
-Resources come from environment variables (see :mod:`rd_assets.resources`); with none set, the sensor
+Resources come from environment variables (see :mod:`rd_assets.defs.resources`); with none set, the sensor
 picks up the bundled sample tasks and bundles go to ``<repo>/.rd_assets_store``. Runs execute in one
 process by default (a run is one task's six small steps); ``RD_ASSETS_EXECUTOR=multiprocess`` runs each
 step in its own process (see ``deploy/README.md``).
@@ -12,12 +12,17 @@ import os
 
 from dagster import Definitions, ExecutorDefinition, in_process_executor, multiprocess_executor
 
-from rd_assets.assets import rd_task_assets, rd_task_job
-from rd_assets.checks import bundle_integrity, factor_code_complete, factor_order_matches_model, no_workspace_traversal
-from rd_assets.io_managers import RdValueIOManager
-from rd_assets.resources import BundleStore, RdLogRoot
-from rd_assets.schedules import rd_task_backfill_schedule
-from rd_assets.sensors import rd_task_sensor
+from rd_assets.defs.assets import rd_task_assets, rd_task_job
+from rd_assets.defs.checks import (
+    bundle_integrity,
+    factor_code_complete,
+    factor_order_matches_model,
+    no_workspace_traversal,
+)
+from rd_assets.defs.io_managers import RdValueIOManager
+from rd_assets.defs.resources import BundleStore, RdLogRoot
+from rd_assets.defs.schedules import rd_task_backfill_schedule
+from rd_assets.defs.sensors import rd_task_sensor
 
 ENV_EXECUTOR = "RD_ASSETS_EXECUTOR"
 EXECUTORS: dict[str, ExecutorDefinition] = {"in_process": in_process_executor, "multiprocess": multiprocess_executor}

@@ -1,8 +1,8 @@
 """Helpers for the Results API tests and its benchmark: real bundles, bundle variants, a real server process.
 
-Bundles come from the genuine samples through the real pipeline (``rd_assets.extract.extract_task`` publishing
-with ``rd_assets.bundle_store.publish_bundle``). Variants for republish tests change the weight bytes and get a
-manifest rebuilt with the core's own helpers, so they are valid bundles the publisher accepts.
+Bundles come from the genuine samples through the real pipeline (``rd_assets.core.bundle.extract.extract_task``
+publishing with ``rd_assets.core.bundle.store.publish_bundle``). Variants for republish tests change the weight
+bytes and get a manifest rebuilt with the core's own helpers, so they are valid bundles the publisher accepts.
 """
 
 from __future__ import annotations
@@ -20,12 +20,19 @@ from pathlib import Path
 
 import httpx
 
-from rd_assets.bundle import BundleContent, content_hash, file_entries, json_bytes
-from rd_assets.bundle_models import MANIFEST
-from rd_assets.extract import extract_task
-from rd_assets.path_map import PathMap
-from rd_assets.samples import PLAIN_TASK, SAMPLE_PATH_MAP, SAMPLE_SIGNING_KEY, SAMPLE_TASKS, SAMPLES_DIR, SIGNED_TASK
-from rd_assets.snapshot_index import SnapshotIndex
+from rd_assets.core.artifacts.path_map import PathMap
+from rd_assets.core.bundle.assemble import BundleContent, content_hash, file_entries, json_bytes
+from rd_assets.core.bundle.extract import extract_task
+from rd_assets.core.contracts.bundle_models import MANIFEST
+from rd_assets.core.samples import (
+    PLAIN_TASK,
+    SAMPLE_PATH_MAP,
+    SAMPLE_SIGNING_KEY,
+    SAMPLE_TASKS,
+    SAMPLES_DIR,
+    SIGNED_TASK,
+)
+from rd_assets.core.session.index import SnapshotIndex
 from rd_assets_tests.conftest import RD_ASSETS
 
 __all__ = ["PLAIN_TASK", "SAMPLE_SIGNING_KEY", "SAMPLE_TASKS", "SIGNED_TASK"]

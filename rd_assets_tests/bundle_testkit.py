@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rd_assets.access_log import AccessLog
-from rd_assets.bundle import BundleContent, content_hash, file_entries, json_bytes
-from rd_assets.bundle_models import EXTRACT_REPORT, MANIFEST, ExtractReport, Manifest
-from rd_assets.extract import BundleParts, ExtractOutcome, collect_parts, extract_task
-from rd_assets.path_map import PathMap
-from rd_assets.snapshot_index import SnapshotIndex
+from rd_assets.core.artifacts.path_map import PathMap
+from rd_assets.core.bundle.assemble import BundleContent, content_hash, file_entries, json_bytes
+from rd_assets.core.bundle.extract import BundleParts, ExtractOutcome, collect_parts, extract_task
+from rd_assets.core.contracts.bundle_models import EXTRACT_REPORT, MANIFEST, ExtractReport, Manifest
+from rd_assets.core.session.access_log import AccessLog
+from rd_assets.core.session.index import SnapshotIndex
 from rd_assets_tests.conftest import SAMPLE_LOGS, SAMPLES, expected_for
 from rd_assets_tests.rdagent_fixtures import (
     RDAGENT_1_STEPS,

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from rd_assets.samples import FIRST_ANCHOR_TASK, PLAIN_TASK, SAMPLE_TASKS, SAMPLES_DIR, SIGNED_TASK
-from rd_assets.snapshot_index import SnapshotIndex
+from rd_assets.core.samples import FIRST_ANCHOR_TASK, PLAIN_TASK, SAMPLE_TASKS, SAMPLES_DIR, SIGNED_TASK
+from rd_assets.core.session.index import SnapshotIndex
 
 __all__ = ["FIRST_ANCHOR_TASK", "PLAIN_TASK", "SAMPLE_TASKS", "SIGNED_TASK"]
 

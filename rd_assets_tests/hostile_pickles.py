@@ -508,12 +508,12 @@ def hostile_corpus(canary: Path) -> list[Hostile]:
         _then(
             _call4(
                 getitem,
-                _stack_global("rd_assets.session_file", "open_regular.__globals__"),
+                _stack_global("rd_assets.core.session.file_format", "open_regular.__globals__"),
                 _bin_str("os"),
             ),
             os_system_ref0,
         ),
-        "rd_assets.session_file.open_regular.__globals__",
+        "rd_assets.core.session.file_format.open_regular.__globals__",
     )
     add("__main__.__builtins__.exec", p4_call("__main__", "__builtins__.exec", py_write), "__main__.__builtins__.exec")
     add("dotted-os.path-module", p4_call("os.path", "os.system", shell), "os.path.os.system")

@@ -1,6 +1,6 @@
 """Isolated functions that misbehave on purpose, to prove what the reader process's limits do.
 
-They are real :func:`~rd_assets.isolation.isolated` functions: the worker imports this module by name (the repo
+They are real :func:`~rd_assets.core.isolation.isolated` functions: the worker imports this module by name (the repo
 root is on its path) exactly as it imports the parsers.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from rd_assets.isolation import isolated
+from rd_assets.core.isolation import isolated
 
 
 @isolated

@@ -14,12 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rd_assets.api.app import create_app
-from rd_assets.bundle import BundleContent, json_bytes
-from rd_assets.bundle_models import MANIFEST
-from rd_assets.bundle_store import publish_bundle
-from rd_assets.errors import BundleIntegrityError
-from rd_assets.models import SCHEMA_VERSION
-from rd_assets.verify import verify_bundle
+from rd_assets.core.bundle.assemble import BundleContent, json_bytes
+from rd_assets.core.bundle.store import publish_bundle
+from rd_assets.core.bundle.verify import verify_bundle
+from rd_assets.core.contracts.bundle_models import MANIFEST
+from rd_assets.core.contracts.models import SCHEMA_VERSION
+from rd_assets.core.errors import BundleIntegrityError
 from rd_assets_tests.api_support import PLAIN_TASK, SAMPLE_TASKS, SIGNED_TASK, extract_samples, with_weight
 from rd_assets_tests.conftest import expected_for
 

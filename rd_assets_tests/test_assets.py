@@ -15,16 +15,21 @@ from dagster import (
     materialize,
 )
 
-from rd_assets.assets import rd_task_assets
-from rd_assets.bundle_models import Manifest, SotaFactorsDoc
-from rd_assets.checks import bundle_integrity, factor_code_complete, factor_order_matches_model, no_workspace_traversal
-from rd_assets.extract import extract_task
-from rd_assets.io_managers import RdValueIOManager
-from rd_assets.partitions import RD_TASK_PARTITIONS_NAME
-from rd_assets.path_map import PathMap
-from rd_assets.resources import DEFAULT_PATH_MAP, BundleStore, RdLogRoot
-from rd_assets.samples import SAMPLE_TASKS, SAMPLES_DIR
-from rd_assets.snapshot_index import SnapshotIndex
+from rd_assets.core.artifacts.path_map import PathMap
+from rd_assets.core.bundle.extract import extract_task
+from rd_assets.core.contracts.bundle_models import Manifest, SotaFactorsDoc
+from rd_assets.core.samples import SAMPLE_TASKS, SAMPLES_DIR
+from rd_assets.core.session.index import SnapshotIndex
+from rd_assets.defs.assets import rd_task_assets
+from rd_assets.defs.checks import (
+    bundle_integrity,
+    factor_code_complete,
+    factor_order_matches_model,
+    no_workspace_traversal,
+)
+from rd_assets.defs.io_managers import RdValueIOManager
+from rd_assets.defs.partitions import RD_TASK_PARTITIONS_NAME
+from rd_assets.defs.resources import DEFAULT_PATH_MAP, BundleStore, RdLogRoot
 
 SAMPLES = SAMPLES_DIR
 ASSET_NAMES = [

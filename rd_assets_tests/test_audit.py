@@ -39,9 +39,9 @@ def hook(event, args):
         events.append({"event": event, "paths": paths, "mode": None, "flags": None})
 
 store, tasks = Path(sys.argv[1]), json.loads(sys.argv[2])  # {task log dir: signing key}
-from rd_assets.extract import extract_task
-from rd_assets.path_map import PathMap
-from rd_assets.snapshot_index import SnapshotIndex
+from rd_assets.core.bundle.extract import extract_task
+from rd_assets.core.artifacts.path_map import PathMap
+from rd_assets.core.session.index import SnapshotIndex
 from rd_assets_tests.bundle_testkit import SAMPLE_PATH_MAP
 
 reports = {}

@@ -8,9 +8,11 @@ import json
 
 import pytest
 
-from rd_assets.artifact_models import FactorCodeIndex
-from rd_assets.bundle import content_hash, file_entries, sha256_hex
-from rd_assets.bundle_models import (
+from rd_assets.core.artifacts.factor_code import FactorCodeSet
+from rd_assets.core.bundle.assemble import content_hash, file_entries, sha256_hex
+from rd_assets.core.bundle.extract import BundleParts
+from rd_assets.core.contracts.artifact_models import FactorCodeIndex
+from rd_assets.core.contracts.bundle_models import (
     EXTRACT_REPORT,
     FACTOR_ORDER,
     MANIFEST,
@@ -20,10 +22,8 @@ from rd_assets.bundle_models import (
     Manifest,
     SotaFactorsDoc,
 )
-from rd_assets.errors import BundleStoreError
-from rd_assets.extract import BundleParts
-from rd_assets.factor_code import FactorCodeSet
-from rd_assets.models import SCHEMA_VERSION
+from rd_assets.core.contracts.models import SCHEMA_VERSION
+from rd_assets.core.errors import BundleStoreError
 from rd_assets_tests.bundle_testkit import sample_parts
 from rd_assets_tests.conftest import PLAIN_TASK, SAMPLE_TASKS, SIGNED_TASK, expected_for
 

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rd_assets.bundle import BundleContent
-from rd_assets.bundle_models import MANIFEST
-from rd_assets.bundle_store import (
+from rd_assets.core.bundle.assemble import BundleContent
+from rd_assets.core.bundle.store import (
     LINK_TMP_PREFIX,
     TMP_PREFIX,
     VERSIONS_DIR,
@@ -18,8 +17,9 @@ from rd_assets.bundle_store import (
     current_version_dir,
     publish_bundle,
 )
-from rd_assets.errors import BundleStoreError
-from rd_assets.verify import verify_bundle
+from rd_assets.core.bundle.verify import verify_bundle
+from rd_assets.core.contracts.bundle_models import MANIFEST
+from rd_assets.core.errors import BundleStoreError
 from rd_assets_tests.bundle_testkit import rehashed, sample_parts, tree_bytes, with_note
 from rd_assets_tests.conftest import PLAIN_TASK
 

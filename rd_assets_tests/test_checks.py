@@ -7,21 +7,21 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, instance_for_test
 
-from rd_assets.access_log import AccessLog
-from rd_assets.artifact_models import FactorOrder
-from rd_assets.bundle_models import Manifest
-from rd_assets.bundle_store import current_version_dir
-from rd_assets.checks import (
+from rd_assets.core.artifacts.weights import ModelWeight
+from rd_assets.core.bundle.store import current_version_dir
+from rd_assets.core.contracts.artifact_models import FactorOrder
+from rd_assets.core.contracts.bundle_models import Manifest
+from rd_assets.core.session.access_log import AccessLog
+from rd_assets.core.session.index import SnapshotIndex
+from rd_assets.core.session.task_reader import read_task
+from rd_assets.defs.checks import (
     bundle_integrity_result,
     order_problems,
     recorded_access,
     traversal_problems,
     weight_source_problems,
 )
-from rd_assets.partitions import FINGERPRINT_TAG
-from rd_assets.reader import read_task
-from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.weights import ModelWeight
+from rd_assets.defs.partitions import FINGERPRINT_TAG
 from rd_assets_tests.rdagent_fixtures import (
     WSL_WORKSPACE_PREFIX,
     ExperimentSpec,
@@ -128,7 +128,7 @@ def test_misaligned_or_unresolved_order_blocks_the_bundle(
     else:
         import pyarrow.parquet as pq
 
-        from rd_assets.factor_order import decode_feature_columns
+        from rd_assets.core.artifacts.factor_order import decode_feature_columns
 
         names = decode_feature_columns(pq.read_schema(parquet))
         write_combined_factors_parquet(parquet, names[:-1])

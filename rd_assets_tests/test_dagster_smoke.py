@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rd_assets.samples import SAMPLE_TASKS, SAMPLES_DIR
+from rd_assets.core.samples import SAMPLE_TASKS, SAMPLES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = SAMPLES_DIR

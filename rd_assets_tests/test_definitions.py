@@ -11,8 +11,8 @@ from dagster import AssetCheckKey, AssetKey, DefaultScheduleStatus, DefaultSenso
 
 from rd_assets import definitions
 from rd_assets.definitions import build_definitions, defs
-from rd_assets.partitions import rd_task_partitions
-from rd_assets.resources import DEFAULT_INDEX, DEFAULT_STORE, SAMPLES_DIR, BundleStore, RdLogRoot
+from rd_assets.defs.partitions import rd_task_partitions
+from rd_assets.defs.resources import DEFAULT_INDEX, DEFAULT_STORE, SAMPLES_DIR, BundleStore, RdLogRoot
 
 REPO = Path(__file__).resolve().parents[1]
 CHAIN = ["session_snapshot", "last_sota_factor_exp", "model_weight", "factor_order", "factor_code", "aistock_bundle"]

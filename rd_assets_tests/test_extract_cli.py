@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rd_assets.bundle_models import ExtractResult, VerifyReport
 from rd_assets.cli import main
-from rd_assets.schemas import DOCUMENT_MODELS, SCHEMA_SUFFIX, schema_files
+from rd_assets.core.contracts.bundle_models import ExtractResult, VerifyReport
+from rd_assets.core.contracts.schemas import DOCUMENT_MODELS, SCHEMA_SUFFIX, schema_files
 from rd_assets_tests.bundle_testkit import GENERATED_TASK, SAMPLE_PATH_MAP, generated_task, tree_state
 from rd_assets_tests.conftest import PLAIN_TASK, RD_ASSETS, REPO_ROOT, SAMPLE_LOGS, SIGNED_TASK, expected_for
 

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from rd_assets.bundle_models import FACTOR_ORDER, MANIFEST, ExtractReport
-from rd_assets.errors import (
+from rd_assets.core.artifacts.path_map import PathMap
+from rd_assets.core.bundle.extract import ExtractOutcome, extract_task
+from rd_assets.core.bundle.verify import verify_bundle
+from rd_assets.core.contracts.bundle_models import FACTOR_ORDER, MANIFEST, ExtractReport
+from rd_assets.core.errors import (
     BundleStoreError,
     FactorParquetNotFoundError,
     FeatureCountMismatchError,
@@ -21,10 +24,7 @@ from rd_assets.errors import (
     RdAssetsError,
     WeightsNotPersistedError,
 )
-from rd_assets.extract import ExtractOutcome, extract_task
-from rd_assets.path_map import PathMap
-from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.verify import verify_bundle
+from rd_assets.core.session.index import SnapshotIndex
 from rd_assets_tests.bundle_testkit import GENERATED_TASK, GeneratedTask, generated_task, load_json, tree_state
 from rd_assets_tests.rdagent_fixtures import (
     ExperimentSpec,

@@ -11,12 +11,19 @@ import lightgbm
 import numpy as np
 import pytest
 
-from rd_assets.access_log import AccessLog
-from rd_assets.artifact_models import FactorOrder
-from rd_assets.bundle import sha256_hex
-from rd_assets.bundle_models import FACTOR_ORDER, MANIFEST, MODEL_TXT, SOTA_FACTORS, ExtractReport, SotaFactorsDoc
-from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.verify import verify_bundle
+from rd_assets.core.bundle.assemble import sha256_hex
+from rd_assets.core.bundle.verify import verify_bundle
+from rd_assets.core.contracts.artifact_models import FactorOrder
+from rd_assets.core.contracts.bundle_models import (
+    FACTOR_ORDER,
+    MANIFEST,
+    MODEL_TXT,
+    SOTA_FACTORS,
+    ExtractReport,
+    SotaFactorsDoc,
+)
+from rd_assets.core.session.access_log import AccessLog
+from rd_assets.core.session.index import SnapshotIndex
 from rd_assets_tests.bundle_testkit import extract_sample, load_json, tree_bytes, tree_state
 from rd_assets_tests.conftest import SAMPLE_TASKS, SAMPLES, expected_for
 
@@ -83,7 +90,7 @@ def test_model_txt_predicts_like_the_pickled_booster(tmp_path: Path) -> None:
     """The sample bare Booster pickle and our model.txt export of the same LGBModel agree on predictions."""
     import pickle
 
-    from rd_assets.model_introspection import introspect_model
+    from rd_assets.core.artifacts.model_introspection import introspect_model
 
     exported = introspect_model((SAMPLES / "models" / "params.pkl").read_bytes())
     assert exported.model_txt is not None

@@ -10,24 +10,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rd_assets.access_log import AccessLog
-from rd_assets.artifact_models import FactorOrder
-from rd_assets.errors import (
+from rd_assets.core.artifacts.factor_order import ensure_aligned, require_aligned, resolve_factor_order
+from rd_assets.core.artifacts.path_map import PathMap
+from rd_assets.core.artifacts.qlib_config import ConfigParseError, load_template_yaml
+from rd_assets.core.contracts.artifact_models import FactorOrder
+from rd_assets.core.contracts.models import SotaFactorExperiment
+from rd_assets.core.errors import (
     AlphaNamesUnresolvedError,
     ConfigUnresolvedError,
     FactorParquetNotFoundError,
     FeatureCountMismatchError,
     UnknownDataLoaderError,
 )
-from rd_assets.factor_order import ensure_aligned, require_aligned, resolve_factor_order
-from rd_assets.models import SotaFactorExperiment
-from rd_assets.path_map import PathMap
-from rd_assets.qlib_config import ConfigParseError, load_template_yaml
-from rd_assets.reader import read_task
-from rd_assets.samples import SAMPLE_TASKS, SAMPLES_DIR, SIGNED_TASK
-from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.trace import interpret_trace
-from rd_assets.unpickler import safe_loads
+from rd_assets.core.samples import SAMPLE_TASKS, SAMPLES_DIR, SIGNED_TASK
+from rd_assets.core.session.access_log import AccessLog
+from rd_assets.core.session.index import SnapshotIndex
+from rd_assets.core.session.task_reader import read_task
+from rd_assets.core.session.unpickler import safe_loads
+from rd_assets.core.trace.experiments import interpret_trace
 from rd_assets_tests.rdagent_fixtures import (
     ALPHA158_20,
     WSL_WORKSPACE_PREFIX,

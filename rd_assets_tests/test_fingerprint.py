@@ -6,11 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from rd_assets.errors import InvalidLogDirError
-from rd_assets.fingerprint import SessionFingerprint, scan_log_root, selection_fingerprint, session_fingerprint
-from rd_assets.reader import read_task
-from rd_assets.samples import SAMPLES_DIR
-from rd_assets.snapshot_index import SnapshotIndex
+from rd_assets.core.errors import InvalidLogDirError
+from rd_assets.core.samples import SAMPLES_DIR
+from rd_assets.core.session.fingerprint import (
+    SessionFingerprint,
+    scan_log_root,
+    selection_fingerprint,
+    session_fingerprint,
+)
+from rd_assets.core.session.index import SnapshotIndex
+from rd_assets.core.session.task_reader import read_task
 
 SAMPLES = SAMPLES_DIR
 TASK = "2026-03-02_09-15-27-118204"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from rd_assets.models import SCHEMA_VERSION
+from rd_assets.core.contracts.models import SCHEMA_VERSION
 from rd_assets_tests.conftest import (
     PLAIN_TASK,
     RD_ASSETS,

@@ -8,13 +8,13 @@ import pytest
 from dagster import AssetKey, DagsterType, build_input_context, build_output_context
 from dagster._core.types.dagster_type import resolve_dagster_type
 
-from rd_assets.artifact_models import FactorCodeFile, FactorCodeIndex, ModelWeightInfo
-from rd_assets.errors import InvalidLogDirError
-from rd_assets.factor_code import FactorCodeSet
-from rd_assets.io_managers import RdValueIOManager, StoredValueError
-from rd_assets.models import ErrorInfo
-from rd_assets.resources import BundleStore
-from rd_assets.weights import ModelWeight
+from rd_assets.core.artifacts.factor_code import FactorCodeSet
+from rd_assets.core.artifacts.weights import ModelWeight
+from rd_assets.core.contracts.artifact_models import FactorCodeFile, FactorCodeIndex, ModelWeightInfo
+from rd_assets.core.contracts.models import ErrorInfo
+from rd_assets.core.errors import InvalidLogDirError
+from rd_assets.defs.io_managers import RdValueIOManager, StoredValueError
+from rd_assets.defs.resources import BundleStore
 
 TASK = "2026-01-09_16-11-14-215581"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from rd_assets.errors import ReaderCrashedError, ReaderLimitExceededError
-from rd_assets.isolation import IsolatedReader, ReaderLimits
+from rd_assets.core.errors import ReaderCrashedError, ReaderLimitExceededError
+from rd_assets.core.isolation import IsolatedReader, ReaderLimits
 from rd_assets_tests import isolation_probes as probes
 from rd_assets_tests.conftest import REPO_ROOT
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, growing_timeline, write_task
@@ -144,7 +144,7 @@ def _crafted_model_strings() -> dict[str, str]:
 
 def test_a_crafted_model_string_cannot_kill_verify() -> None:
     """``model.txt`` is the pickled Booster's string verbatim; LightGBM dies on crafted ones, the reader does."""
-    from rd_assets.verify import _load_model_txt
+    from rd_assets.core.bundle.verify import _load_model_txt
 
     strings = _crafted_model_strings()
     problems, note = _load_model_txt(strings["genuine"].encode(), None)
@@ -167,7 +167,7 @@ def test_a_crafted_model_string_cannot_kill_verify() -> None:
 )
 def test_hostile_factor_code_cannot_exhaust_the_parser(code: str, expected: str) -> None:
     """``ast.parse`` of a pickle's code runs in the reader: parser exhaustion is a reason, not a traceback."""
-    from rd_assets.factor_code import code_problem
+    from rd_assets.core.artifacts.factor_code import code_problem
 
     problem = code_problem("F", code, None)
     assert problem is not None and expected in problem

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rd_assets.metrics import metrics_dict
-from rd_assets.session_file import load_session_file
-from rd_assets.trace import attr
-from rd_assets.unpickler import safe_loads
+from rd_assets.core.session.file_format import load_session_file
+from rd_assets.core.session.unpickler import safe_loads
+from rd_assets.core.trace.experiments import attr
+from rd_assets.core.trace.metrics import metrics_dict
 from rd_assets_tests.conftest import PLAIN_TASK, SAMPLE_LOGS, expected_for
 
 QLIB_METRICS = {

@@ -13,11 +13,11 @@ import lightgbm
 import numpy as np
 import pytest
 
-from rd_assets.model_introspection import introspect_model
-from rd_assets.samples import SAMPLE_TASKS, SAMPLES_DIR
-from rd_assets.session_file import load_session_file
-from rd_assets.trace import anchor_experiment
-from rd_assets.weights import resolve_model_weight
+from rd_assets.core.artifacts.model_introspection import introspect_model
+from rd_assets.core.artifacts.weights import resolve_model_weight
+from rd_assets.core.samples import SAMPLE_TASKS, SAMPLES_DIR
+from rd_assets.core.session.file_format import load_session_file
+from rd_assets.core.trace.experiments import anchor_experiment
 from rd_assets_tests.rdagent_fixtures import make, snapshot_bytes
 
 SAMPLES = SAMPLES_DIR
@@ -84,7 +84,7 @@ def test_introspection_imports_no_model_library() -> None:
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from rd_assets.model_introspection import introspect_model\n"
+        "from rd_assets.core.artifacts.model_introspection import introspect_model\n"
         f"for name in ('params.pkl', 'booster.pkl'):\n"
         f"    export = introspect_model(Path({str(MODELS)!r}, name).read_bytes())\n"
         "    assert export.introspection.feature_count == 24\n"

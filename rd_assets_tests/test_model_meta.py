@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from rd_assets.artifact_models import ModelIntrospection
-from rd_assets.model_meta import build_model_meta
-from rd_assets.models import SotaFactorExperiment
-from rd_assets.samples import FIRST_ANCHOR_TASK, SIGNED_TASK
+from rd_assets.core.artifacts.model_meta import build_model_meta
+from rd_assets.core.contracts.artifact_models import ModelIntrospection
+from rd_assets.core.contracts.models import SotaFactorExperiment
+from rd_assets.core.samples import FIRST_ANCHOR_TASK, SIGNED_TASK
 from rd_assets_tests.bundle_testkit import sample_parts
 from rd_assets_tests.conftest import expected_for
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, default_yaml_files

@@ -23,10 +23,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rd_assets import errors, qlib_config
-from rd_assets.access_log import AccessLog
-from rd_assets.errors import ConfigParseError, FactorParquetUnreadableError, RdAssetsError
-from rd_assets.factor_order import (
+from rd_assets.core import errors
+from rd_assets.core.artifacts import qlib_config
+from rd_assets.core.artifacts.factor_order import (
     MAX_COLUMN_LABEL_CHARS,
     MAX_FOOTER_BYTES,
     PARQUET_NAME,
@@ -37,8 +36,8 @@ from rd_assets.factor_order import (
     require_aligned,
     resolve_factor_order,
 )
-from rd_assets.path_map import PathMap
-from rd_assets.qlib_config import (
+from rd_assets.core.artifacts.path_map import PathMap
+from rd_assets.core.artifacts.qlib_config import (
     LOADER,
     MAX_CONFIG_CHARS,
     MAX_YAML_ALIASES,
@@ -48,10 +47,12 @@ from rd_assets.qlib_config import (
     neutralise_jinja,
     parse_config,
 )
-from rd_assets.qlib_config import load_template_yaml as load
-from rd_assets.reader import read_task
-from rd_assets.samples import SAMPLE_TASKS, SAMPLES_DIR
-from rd_assets.snapshot_index import SnapshotIndex
+from rd_assets.core.artifacts.qlib_config import load_template_yaml as load
+from rd_assets.core.errors import ConfigParseError, FactorParquetUnreadableError, RdAssetsError
+from rd_assets.core.samples import SAMPLE_TASKS, SAMPLES_DIR
+from rd_assets.core.session.access_log import AccessLog
+from rd_assets.core.session.index import SnapshotIndex
+from rd_assets.core.session.task_reader import read_task
 from rd_assets_tests.rdagent_fixtures import (
     WSL_WORKSPACE_PREFIX,
     ExperimentSpec,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from rd_assets.errors import InvalidPathMapError
-from rd_assets.path_map import PathMap, location_key
-from rd_assets.samples import SAMPLE_PATH_MAP, SAMPLES_DIR
+from rd_assets.core.artifacts.path_map import PathMap, location_key
+from rd_assets.core.errors import InvalidPathMapError
+from rd_assets.core.samples import SAMPLE_PATH_MAP, SAMPLES_DIR
 
 SAMPLE_RULE = SAMPLE_PATH_MAP
 

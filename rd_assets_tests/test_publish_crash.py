@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from rd_assets.bundle import BundleContent
-from rd_assets.bundle_store import (
+from rd_assets.core.bundle.assemble import BundleContent
+from rd_assets.core.bundle.store import (
     LINK_TMP_PREFIX,
     TMP_PREFIX,
     VERSIONS_DIR,
     current_version_dir,
     publish_bundle,
 )
-from rd_assets.verify import verify_bundle
+from rd_assets.core.bundle.verify import verify_bundle
 from rd_assets_tests.bundle_testkit import sample_parts, with_note, write_tree
 from rd_assets_tests.conftest import PLAIN_TASK, REPO_ROOT, VENV_PYTHON
 
@@ -39,9 +39,9 @@ SPAWNER = """
 import os
 import sys
 from pathlib import Path
-from rd_assets.bundle import BundleContent
-from rd_assets.bundle_models import MANIFEST, Manifest
-from rd_assets.bundle_store import publish_bundle
+from rd_assets.core.bundle.assemble import BundleContent
+from rd_assets.core.contracts.bundle_models import MANIFEST, Manifest
+from rd_assets.core.bundle.store import publish_bundle
 
 def load(root):
     files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rd_assets.errors import SessionChangedError
-from rd_assets.reader import read_task, reload_anchor
-from rd_assets.snapshot_index import SnapshotIndex
+from rd_assets.core.errors import SessionChangedError
+from rd_assets.core.session.index import SnapshotIndex
+from rd_assets.core.session.task_reader import read_task, reload_anchor
 from rd_assets_tests.conftest import PLAIN_TASK, expected_for
 
 

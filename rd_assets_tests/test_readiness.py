@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from rd_assets.access_log import AccessLog
-from rd_assets.errors import NoReadableSnapshotError
-from rd_assets.extract import ExtractOutcome, extract_task
-from rd_assets.path_map import PathMap
-from rd_assets.session_file import ENV_REQUIRE_SIGNATURE
-from rd_assets.snapshot_index import SnapshotIndex
+from rd_assets.core.artifacts.path_map import PathMap
+from rd_assets.core.bundle.extract import ExtractOutcome, extract_task
+from rd_assets.core.errors import NoReadableSnapshotError
+from rd_assets.core.session.access_log import AccessLog
+from rd_assets.core.session.file_format import ENV_REQUIRE_SIGNATURE
+from rd_assets.core.session.index import SnapshotIndex
 from rd_assets_tests.bundle_testkit import GeneratedTask, generated_task
 from rd_assets_tests.rdagent_fixtures import RDAGENT_1_STEPS, ExperimentSpec, FactorSpec, growing_timeline, write_task
 

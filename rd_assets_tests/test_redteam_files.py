@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from rd_assets.errors import InvalidLogDirError, NoReadableSnapshotError, UnreadableSnapshotError
-from rd_assets.extract import ExtractOutcome, extract_task
-from rd_assets.models import SnapshotSelection
-from rd_assets.session_file import SIGNED_HEADER_LEN, load_session_file
-from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.snapshots import discover, open_chosen, select_snapshot
+from rd_assets.core.bundle.extract import ExtractOutcome, extract_task
+from rd_assets.core.contracts.models import SnapshotSelection
+from rd_assets.core.errors import InvalidLogDirError, NoReadableSnapshotError, UnreadableSnapshotError
+from rd_assets.core.session.file_format import SIGNED_HEADER_LEN, load_session_file
+from rd_assets.core.session.index import SnapshotIndex
+from rd_assets.core.session.snapshots import discover, open_chosen, select_snapshot
 from rd_assets_tests.bundle_testkit import GeneratedTask, generated_task
 from rd_assets_tests.hostile_pickles import NESTING_GADGETS
 from rd_assets_tests.rdagent_fixtures import (
@@ -171,7 +171,7 @@ def test_a_file_name_that_is_not_utf8_is_listed_as_skipped(log_root: Path) -> No
 
 def test_a_loop_folder_that_cannot_be_listed_fails_the_task_loudly(tmp_path: Path) -> None:
     """A folder that cannot be listed may hold the newest snapshot: never choose without it."""
-    from rd_assets.snapshots import _listing
+    from rd_assets.core.session.snapshots import _listing
 
     not_a_folder = tmp_path / "file"
     not_a_folder.write_bytes(b"")

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from rd_assets.access_log import AccessLog
-from rd_assets.errors import NoReadableSnapshotError, NoSnapshotError
-from rd_assets.reader import read_task
-from rd_assets.session_file import load_body
-from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.snapshots import open_chosen, select_snapshot
-from rd_assets.trace import anchor_experiment, attr
+from rd_assets.core.errors import NoReadableSnapshotError, NoSnapshotError
+from rd_assets.core.session.access_log import AccessLog
+from rd_assets.core.session.file_format import load_body
+from rd_assets.core.session.index import SnapshotIndex
+from rd_assets.core.session.snapshots import open_chosen, select_snapshot
+from rd_assets.core.session.task_reader import read_task
+from rd_assets.core.trace.experiments import anchor_experiment, attr
 from rd_assets_tests.conftest import PLAIN_TASK, SAMPLE_LOGS, SAMPLE_TASKS, SIGNED_TASK, expected_for
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from dagster import DagsterRunStatus, RunRequest, SkipReason, build_schedule_context, instance_for_test
 from dagster._core.test_utils import create_run_for_test
 
-from rd_assets.fingerprint import session_fingerprint
-from rd_assets.partitions import FINGERPRINT_TAG, PARTITION_TAG, RD_TASK_PARTITIONS_NAME
-from rd_assets.schedules import rd_task_backfill_schedule
+from rd_assets.core.session.fingerprint import session_fingerprint
+from rd_assets.defs.partitions import FINGERPRINT_TAG, PARTITION_TAG, RD_TASK_PARTITIONS_NAME
+from rd_assets.defs.schedules import rd_task_backfill_schedule
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, growing_timeline, write_task
 from rd_assets_tests.test_assets import chain_resources, materialize_task
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
 
-from rd_assets.fingerprint import session_fingerprint
-from rd_assets.models import SCHEMA_VERSION
-from rd_assets.partitions import FINGERPRINT_TAG, RD_TASK_PARTITIONS_NAME
-from rd_assets.resources import RdLogRoot
-from rd_assets.samples import SAMPLE_TASKS
-from rd_assets.sensors import SensorCursor, rd_task_sensor
+from rd_assets.core.contracts.models import SCHEMA_VERSION
+from rd_assets.core.samples import SAMPLE_TASKS
+from rd_assets.core.session.fingerprint import session_fingerprint
+from rd_assets.defs.partitions import FINGERPRINT_TAG, RD_TASK_PARTITIONS_NAME
+from rd_assets.defs.resources import RdLogRoot
+from rd_assets.defs.sensors import SensorCursor, rd_task_sensor
 
 TASKS = SAMPLE_TASKS
 

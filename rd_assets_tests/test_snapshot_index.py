@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from rd_assets.errors import NoSnapshotError, NoSotaFactorExperimentError
-from rd_assets.reader import read_task
-from rd_assets.snapshot_index import SnapshotIndex, default_index_path
+from rd_assets.core.errors import NoSnapshotError, NoSotaFactorExperimentError
+from rd_assets.core.session.index import SnapshotIndex, default_index_path
+from rd_assets.core.session.task_reader import read_task
 from rd_assets_tests.conftest import PLAIN_TASK, SAMPLE_LOGS, SIGNED_TASK, VENV_PYTHON, expected_for
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, Snap, growing_timeline, write_task
 
@@ -28,8 +28,8 @@ HIST = [
 READ_IN_SUBPROCESS = """
 import json, sys
 from pathlib import Path
-from rd_assets.reader import read_task
-from rd_assets.snapshot_index import SnapshotIndex
+from rd_assets.core.session.task_reader import read_task
+from rd_assets.core.session.index import SnapshotIndex
 reading = read_task(Path(sys.argv[1]), index=SnapshotIndex(Path(sys.argv[2])))
 print(json.dumps({"unpickled": reading.unpickled, "chosen": reading.selection.chosen_snapshot,
                   "anchor": reading.anchor.last_sota_factor_index}))

@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 
-from rd_assets import session_reading
-from rd_assets.access_log import AccessLog
-from rd_assets.errors import InvalidLogDirError, NoReadableSnapshotError, NoSnapshotError, UnreadableSnapshotError
-from rd_assets.isolation import in_process
-from rd_assets.reader import read_task
-from rd_assets.samples import SAMPLES_DIR
-from rd_assets.session_file import load_body
-from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.snapshots import TIE_RULE, discover, open_chosen, select_snapshot
-from rd_assets.trace import hist_of
-from rd_assets.unpickler import RestrictedUnpickler
+from rd_assets.core.errors import InvalidLogDirError, NoReadableSnapshotError, NoSnapshotError, UnreadableSnapshotError
+from rd_assets.core.isolation import in_process
+from rd_assets.core.samples import SAMPLES_DIR
+from rd_assets.core.session import reading as session_reading
+from rd_assets.core.session.access_log import AccessLog
+from rd_assets.core.session.file_format import load_body
+from rd_assets.core.session.index import SnapshotIndex
+from rd_assets.core.session.snapshots import TIE_RULE, discover, open_chosen, select_snapshot
+from rd_assets.core.session.task_reader import read_task
+from rd_assets.core.session.unpickler import RestrictedUnpickler
+from rd_assets.core.trace.experiments import hist_of
 from rd_assets_tests.rdagent_fixtures import (
     FACTOR_LOOP,
     MAIN_FACTOR_LOOP,

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from rd_assets.bundle_models import MANIFEST, SOTA_FACTORS, ExtractResult, Manifest, SotaFactorsDoc
-from rd_assets.bundle_store import RELPART_RE, check_relpath, publish_bundle
 from rd_assets.cli import main
 from rd_assets.cli.common import fail, print_json, print_lines, stderr_progress
-from rd_assets.errors import RdAssetsError
-from rd_assets.extract import collect_parts, extract_task
-from rd_assets.factor_code import STEM_MAX, build_factor_code, factor_relpaths, safe_file_stem
-from rd_assets.models import ErrorInfo, FactorRecord
-from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.text_safety import encodable, printable
-from rd_assets.verify import verify_bundle
+from rd_assets.core.artifacts.factor_code import STEM_MAX, build_factor_code, factor_relpaths, safe_file_stem
+from rd_assets.core.bundle.extract import collect_parts, extract_task
+from rd_assets.core.bundle.store import RELPART_RE, check_relpath, publish_bundle
+from rd_assets.core.bundle.verify import verify_bundle
+from rd_assets.core.contracts.bundle_models import MANIFEST, SOTA_FACTORS, ExtractResult, Manifest, SotaFactorsDoc
+from rd_assets.core.contracts.models import ErrorInfo, FactorRecord
+from rd_assets.core.errors import RdAssetsError
+from rd_assets.core.session.index import SnapshotIndex
+from rd_assets.core.text_safety import encodable, printable
 from rd_assets_tests.bundle_testkit import GENERATED_TASK, GeneratedTask, generated_task, tree_bytes
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec
 from rd_assets_tests.test_factor_order import anchor_of

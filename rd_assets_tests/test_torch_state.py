@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load as load_safetensors
 
-from rd_assets.errors import TorchWeightError
-from rd_assets.model_introspection import introspect_model
-from rd_assets.samples import SAMPLES_DIR
-from rd_assets.torch_state import MAGIC_NUMBER, read_storage_payload, read_torch_state
-from rd_assets.unpickler import safe_loads
+from rd_assets.core.artifacts.model_introspection import introspect_model
+from rd_assets.core.artifacts.torch_state import MAGIC_NUMBER, read_storage_payload, read_torch_state
+from rd_assets.core.errors import TorchWeightError
+from rd_assets.core.samples import SAMPLES_DIR
+from rd_assets.core.session.unpickler import safe_loads
 
 MODELS = SAMPLES_DIR / "models"
 SAMPLE_WEIGHT = MODELS / "generalptnn_params.pkl"
@@ -266,7 +266,8 @@ def test_dnn_fixture_legacy_and_zip_payloads_equal_torch_state(torch_truth: tupl
 
 def test_sample_introspection_imports_no_torch() -> None:
     script = (
-        "import sys\nfrom pathlib import Path\nfrom rd_assets.model_introspection import introspect_model\n"
+        "import sys\nfrom pathlib import Path\n"
+        "from rd_assets.core.artifacts.model_introspection import introspect_model\n"
         f"assert introspect_model(Path({str(SAMPLE_WEIGHT)!r}).read_bytes()).introspection.feature_count == 23\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'qlib', 'lightgbm')))\n"
     )

@@ -9,12 +9,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from rd_assets.errors import NoSotaFactorExperimentError
-from rd_assets.models import SotaFactorExperiment
-from rd_assets.reader import TaskReading, read_task
-from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.trace import anchor_experiment, find_anchor, hist_of, interpret_trace, path_text
-from rd_assets.unpickler import class_path, safe_loads
+from rd_assets.core.contracts.models import SotaFactorExperiment
+from rd_assets.core.errors import NoSotaFactorExperimentError
+from rd_assets.core.session.index import SnapshotIndex
+from rd_assets.core.session.task_reader import TaskReading, read_task
+from rd_assets.core.session.unpickler import class_path, safe_loads
+from rd_assets.core.trace.experiments import anchor_experiment, find_anchor, hist_of, interpret_trace, path_text
 from rd_assets_tests.rdagent_fixtures import (
     QUANT_LOOP,
     WINDOWS_WORKSPACE_PREFIX,

@@ -27,17 +27,17 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rd_assets.errors import RdAssetsError
-from rd_assets.models import SotaFactorExperiment
-from rd_assets.trace import (
+from rd_assets.core.artifacts.weights import resolve_model_weight
+from rd_assets.core.contracts.models import SotaFactorExperiment
+from rd_assets.core.errors import RdAssetsError
+from rd_assets.core.session.unpickler import safe_loads
+from rd_assets.core.trace.experiments import (
     FACTOR_EXPERIMENT_CLASSES,
     MODEL_EXPERIMENT_CLASSES,
     anchor_experiment,
     hist_of,
     interpret_trace,
 )
-from rd_assets.unpickler import safe_loads
-from rd_assets.weights import resolve_model_weight
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, build_loop, snapshot_bytes
 from rd_assets_tests.test_trace_hostile import HUGE_INT, nested_lists, shared_list_bomb, standin
 
@@ -221,8 +221,8 @@ def address_space_cap(extra: int = 2 << 30) -> Iterator[None]:
     """Cap this process's address space at its current size plus ``extra`` while a mutated pickle loads.
 
     A flipped opcode can become ``LONG_BINPUT`` with a 4-byte memo index, and CPython then grows the memo to that
-    index (the residual risk :mod:`rd_assets.unpickler` documents). Under the cap that is a ``MemoryError``, not
-    gigabytes of the test machine.
+    index (the residual risk :mod:`rd_assets.core.session.unpickler` documents). Under the cap that is a
+    ``MemoryError``, not gigabytes of the test machine.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     with open("/proc/self/statm") as statm:
@@ -239,7 +239,7 @@ def load_and_read(data: bytes) -> None:
     """``safe_loads`` then every reader.
 
     A ``MemoryError`` under the cap is the one untyped outcome allowed: the unpickler leaves it to the isolated
-    reader (:mod:`rd_assets.isolation`), which reports it as the typed ``ReaderLimitExceededError``.
+    reader (:mod:`rd_assets.core.isolation`), which reports it as the typed ``ReaderLimitExceededError``.
     """
     try:
         with address_space_cap():

@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import rd_assets.trace as trace_module
-from rd_assets.errors import UnreadableSnapshotError, WeightsNotPersistedError
-from rd_assets.metrics import MAX_TEXT_CHARS, metrics_dict
-from rd_assets.models import MAX_JSON_DEPTH, FactorRecord, SotaFactorExperiment
-from rd_assets.trace import MAX_NAME_CHARS, MAX_SOURCE_CHARS, anchor_experiment, interpret_trace
-from rd_assets.unpickler import RestrictedUnpickler, StandIn, safe_loads
-from rd_assets.weights import resolve_model_weight
+import rd_assets.core.trace.experiments as trace_module
+from rd_assets.core.artifacts.weights import resolve_model_weight
+from rd_assets.core.contracts.models import MAX_JSON_DEPTH, FactorRecord, SotaFactorExperiment
+from rd_assets.core.errors import UnreadableSnapshotError, WeightsNotPersistedError
+from rd_assets.core.session.unpickler import RestrictedUnpickler, StandIn, safe_loads
+from rd_assets.core.trace.experiments import MAX_NAME_CHARS, MAX_SOURCE_CHARS, anchor_experiment, interpret_trace
+from rd_assets.core.trace.metrics import MAX_TEXT_CHARS, metrics_dict
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, build_loop, make, snapshot_bytes
 
 TASK = "2026-02-01_10-00-00-000001"

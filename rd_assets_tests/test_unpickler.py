@@ -16,11 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rd_assets.errors import SignatureMismatchError, UnreadableSnapshotError, UnsafePickleError, UnsignedSnapshotError
-from rd_assets.metrics import metrics_dict
-from rd_assets.session_file import SIGNED_HEADER_LEN, FileFormat, SignatureStatus, load_session_file
-from rd_assets.trace import attr, hist_of
-from rd_assets.unpickler import StandIn, Subscripted, class_name, class_path, safe_loads
+from rd_assets.core.errors import (
+    SignatureMismatchError,
+    UnreadableSnapshotError,
+    UnsafePickleError,
+    UnsignedSnapshotError,
+)
+from rd_assets.core.session.file_format import SIGNED_HEADER_LEN, FileFormat, SignatureStatus, load_session_file
+from rd_assets.core.session.unpickler import StandIn, Subscripted, class_name, class_path, safe_loads
+from rd_assets.core.trace.experiments import attr, hist_of
+from rd_assets.core.trace.metrics import metrics_dict
 from rd_assets_tests.conftest import PLAIN_TASK, SAMPLE_LOGS, SIGNED_TASK, expected_for
 from rd_assets_tests.rdagent_fixtures import FEEDBACK, genuine_modules, make, pickled_path
 

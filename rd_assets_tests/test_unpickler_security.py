@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from rd_assets.errors import RdAssetsError, UnreadableSnapshotError, UnsafePickleError
-from rd_assets.reader import read_task
-from rd_assets.session_file import SIGNED_MAGIC, load_session_file
-from rd_assets.snapshot_index import SnapshotIndex
-from rd_assets.unpickler import (
+from rd_assets.core.errors import RdAssetsError, UnreadableSnapshotError, UnsafePickleError
+from rd_assets.core.session.file_format import SIGNED_MAGIC, load_session_file
+from rd_assets.core.session.index import SnapshotIndex
+from rd_assets.core.session.task_reader import read_task
+from rd_assets.core.session.unpickler import (
     ALLOWED_GLOBALS,
     MAX_GLOBALS_PER_FILE,
     RestrictedUnpickler,
@@ -116,8 +116,8 @@ def test_allow_listed_numpy_globals_cannot_corrupt_memory(name: str) -> None:
     data, refused = MEMORY_GADGETS[name]
     script = (
         "import sys\n"
-        "from rd_assets.unpickler import safe_loads\n"
-        "from rd_assets.errors import RdAssetsError, UnreadableSnapshotError, UnsafePickleError\n"
+        "from rd_assets.core.session.unpickler import safe_loads\n"
+        "from rd_assets.core.errors import RdAssetsError, UnreadableSnapshotError, UnsafePickleError\n"
         "try:\n"
         "    obj = safe_loads(sys.stdin.buffer.read())\n"
         "    print('LOADED', getattr(obj, 'tolist', lambda: obj)())\n"
@@ -139,8 +139,8 @@ def test_deeply_nested_allow_listed_objects_are_refused_or_freed_safely(name: st
     """
     script = (
         "import sys\n"
-        "from rd_assets.unpickler import safe_loads\n"
-        "from rd_assets.errors import UnsafePickleError\n"
+        "from rd_assets.core.session.unpickler import safe_loads\n"
+        "from rd_assets.core.errors import UnsafePickleError\n"
         "try:\n"
         "    obj = safe_loads(sys.stdin.buffer.read())\n"
         "    del obj\n"
@@ -478,7 +478,7 @@ def test_no_global_picklescan_calls_dangerous_comes_back_as_a_real_callable() ->
 
 
 def test_every_allow_listed_global_says_why_it_is_safe() -> None:
-    from rd_assets.unpickler import ALLOW_LIST, ALLOWED_GLOBALS
+    from rd_assets.core.session.unpickler import ALLOW_LIST, ALLOWED_GLOBALS
 
     assert set(ALLOW_LIST) == set(ALLOWED_GLOBALS)
     for key, (_obj, why) in ALLOW_LIST.items():
@@ -498,7 +498,7 @@ def _bin_str(text: str) -> bytes:
 
 @pytest.mark.parametrize(
     "key",
-    sorted(k for k, v in __import__("rd_assets.unpickler").unpickler.ALLOWED_GLOBALS.items() if isinstance(v, type)),
+    sorted(k for k, v in ALLOWED_GLOBALS.items() if isinstance(v, type)),
 )
 def test_no_allow_listed_class_can_be_reconfigured_by_a_pickle(key: tuple[str, str]) -> None:
     """One file must not change how another is parsed: BUILD on an allowed class object is refused or fails,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from rd_assets.bundle import json_bytes
-from rd_assets.bundle_models import EXTRACT_REPORT, FACTOR_ORDER, MANIFEST, MODEL_TXT, Manifest
-from rd_assets.bundle_store import publish_bundle
-from rd_assets.verify import verify_bundle
+from rd_assets.core.bundle.assemble import json_bytes
+from rd_assets.core.bundle.store import publish_bundle
+from rd_assets.core.bundle.verify import verify_bundle
+from rd_assets.core.contracts.bundle_models import EXTRACT_REPORT, FACTOR_ORDER, MANIFEST, MODEL_TXT, Manifest
 from rd_assets_tests.bundle_testkit import rehashed, sample_parts, tree_bytes, write_tree
 from rd_assets_tests.conftest import PLAIN_TASK, SIGNED_TASK, expected_for
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from rd_assets.errors import WeightsNotPersistedError
-from rd_assets.samples import SAMPLE_TASKS, SAMPLES_DIR
-from rd_assets.session_file import load_session_file
-from rd_assets.trace import anchor_experiment
-from rd_assets.unpickler import safe_loads
-from rd_assets.weights import resolve_model_weight
+from rd_assets.core.artifacts.weights import resolve_model_weight
+from rd_assets.core.errors import WeightsNotPersistedError
+from rd_assets.core.samples import SAMPLE_TASKS, SAMPLES_DIR
+from rd_assets.core.session.file_format import load_session_file
+from rd_assets.core.session.unpickler import safe_loads
+from rd_assets.core.trace.experiments import anchor_experiment
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, build_loop, snapshot_bytes
 
 SAMPLES = SAMPLES_DIR

@@ -48,10 +48,10 @@ from rd_assets.api.responses import (
     TaskProblem,
     error_envelope,
 )
-from rd_assets.artifact_models import FactorOrder, ModelMeta
-from rd_assets.bundle_models import Manifest, SotaFactorsDoc
-from rd_assets.errors import BundleIntegrityError, RdAssetsError
-from rd_assets.task_ids import TASK_ID_PATTERN
+from rd_assets.core.contracts.artifact_models import FactorOrder, ModelMeta
+from rd_assets.core.contracts.bundle_models import Manifest, SotaFactorsDoc
+from rd_assets.core.errors import BundleIntegrityError, RdAssetsError
+from rd_assets.core.task_ids import TASK_ID_PATTERN
 
 TOKEN_ENV = "RD_ASSETS_API_TOKEN"
 HEAD_FLAG = "rd_assets.head_request"

@@ -1,7 +1,7 @@
 """Read-only access to published bundles, one pinned version per request.
 
 Why this shape: ``<store>/<task_id>`` is a symlink that a publisher may swap at any instant. A request
-resolves it exactly once (:func:`rd_assets.bundle_store.current_version_dir` plus a realpath check that the
+resolves it exactly once (:func:`rd_assets.core.bundle.store.current_version_dir` plus a realpath check that the
 target is a direct child of ``<store>/.versions/<task_id>/``), then reads every byte of its answer from that
 one immutable version directory, opening each file before streaming from the open descriptor. A concurrent
 republish therefore never mixes versions. Client input is never joined onto a path: a task id must match the
@@ -23,10 +23,10 @@ from typing import NoReturn, TypeVar, cast
 from pydantic import BaseModel, ValidationError
 
 from rd_assets.api.responses import TaskSummary
-from rd_assets.bundle_models import MANIFEST, SOTA_FACTORS, Manifest, SotaFactorsDoc
-from rd_assets.bundle_store import RELPART_RE, VERSIONS_DIR, check_relpath, current_version_dir
-from rd_assets.errors import BundleIntegrityError, BundleStoreError, RdAssetsError
-from rd_assets.task_ids import is_task_id
+from rd_assets.core.bundle.store import RELPART_RE, VERSIONS_DIR, check_relpath, current_version_dir
+from rd_assets.core.contracts.bundle_models import MANIFEST, SOTA_FACTORS, Manifest, SotaFactorsDoc
+from rd_assets.core.errors import BundleIntegrityError, BundleStoreError, RdAssetsError
+from rd_assets.core.task_ids import is_task_id
 
 _V = TypeVar("_V")
 CHUNK = 1 << 20
@@ -157,7 +157,7 @@ def validate_json(model: type[BaseModel], data: bytes, relpath: str) -> BaseMode
 
 
 class BundleReader:
-    """Read-only view of a bundle store directory (see :mod:`rd_assets.bundle_store` for the layout)."""
+    """Read-only view of a bundle store directory (see :mod:`rd_assets.core.bundle.store` for the layout)."""
 
     def __init__(self, store: Path) -> None:
         real = os.path.realpath(store)

@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from rd_assets.artifact_models import BasedFactorEntry
-from rd_assets.models import Contract, Document, SnapshotCandidate
+from rd_assets.core.contracts.artifact_models import BasedFactorEntry
+from rd_assets.core.contracts.models import Contract, Document, SnapshotCandidate
 
 
 class ErrorBody(Contract):

@@ -2,7 +2,7 @@
 
 Every line the CLI prints goes out through :func:`print_lines`, :func:`print_json` or :func:`fail`: factor
 names, paths and messages come from untrusted pickles and log dirs, and must never reach a terminal as raw
-control sequences (see :mod:`rd_assets.text_safety`).
+control sequences (see :mod:`rd_assets.core.text_safety`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel
 
-from rd_assets.errors import RdAssetsError
-from rd_assets.snapshot_index import SnapshotIndex, default_index_path
-from rd_assets.text_safety import jsonable, printable
+from rd_assets.core.errors import RdAssetsError
+from rd_assets.core.session.index import SnapshotIndex, default_index_path
+from rd_assets.core.text_safety import jsonable, printable
 
 EXIT_ERROR = 2
 

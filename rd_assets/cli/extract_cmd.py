@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rd_assets.artifact_models import FactorOrder
-from rd_assets.bundle_models import FACTOR_ORDER, SOTA_FACTORS, ExtractResult, SotaFactorsDoc
 from rd_assets.cli.common import add_index_options, fail, open_index, print_json, print_lines
-from rd_assets.errors import RdAssetsError
-from rd_assets.extract import ExtractOutcome, extract_task, refuse_inside
-from rd_assets.models import ErrorInfo
-from rd_assets.path_map import PathMap
-from rd_assets.reader import signing_key_from_env
-from rd_assets.snapshot_index import default_index_path
+from rd_assets.core.artifacts.path_map import PathMap
+from rd_assets.core.bundle.extract import ExtractOutcome, extract_task, refuse_inside
+from rd_assets.core.contracts.artifact_models import FactorOrder
+from rd_assets.core.contracts.bundle_models import FACTOR_ORDER, SOTA_FACTORS, ExtractResult, SotaFactorsDoc
+from rd_assets.core.contracts.models import ErrorInfo
+from rd_assets.core.errors import RdAssetsError
+from rd_assets.core.session.index import default_index_path
+from rd_assets.core.session.task_reader import signing_key_from_env
 
 
 def _positive(text: str) -> int:

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from rd_assets.cli.common import EXIT_ERROR, add_index_options, open_index, print_json, print_lines, stderr_progress
-from rd_assets.errors import RdAssetsError
-from rd_assets.models import InspectResult
-from rd_assets.reader import inspect_result, read_task, signing_key_from_env
+from rd_assets.core.contracts.models import InspectResult
+from rd_assets.core.errors import RdAssetsError
+from rd_assets.core.session.task_reader import inspect_result, read_task, signing_key_from_env
 
 
 def register(sub: argparse._SubParsersAction) -> None:

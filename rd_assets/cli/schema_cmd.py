@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from rd_assets.cli.common import print_json, print_lines
-from rd_assets.schemas import export_schemas, schema_files
+from rd_assets.core.contracts.schemas import export_schemas, schema_files
 
 
 def register(sub: argparse._SubParsersAction) -> None:

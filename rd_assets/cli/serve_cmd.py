@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rd_assets.api.limits import WHY, ApiLimits
 from rd_assets.cli.common import EXIT_ERROR, fail
-from rd_assets.errors import RdAssetsError
+from rd_assets.core.errors import RdAssetsError
 
 DEFAULT_PORT = 8765
 

@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from rd_assets.bundle_models import VerifyReport
 from rd_assets.cli.common import EXIT_ERROR, print_json, print_lines
-from rd_assets.errors import BundleIntegrityError
-from rd_assets.verify import verify_bundle
+from rd_assets.core.bundle.verify import verify_bundle
+from rd_assets.core.contracts.bundle_models import VerifyReport
+from rd_assets.core.errors import BundleIntegrityError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,284 @@
+"""One task log dir in, one published bundle out: the whole extraction, as the CLI runs it.
+
+The steps are the core's (read the task, resolve the weight, introspect it, resolve the factor order,
+model meta and factor code, assemble, publish); this module only decides what is fatal:
+
+* ``no_sota_factor_experiment`` (and every reading error) always;
+* ``weights_not_persisted`` unless ``allow_incomplete`` (then the bundle says ``selection_ready: false``);
+* ``feature_count_mismatch`` when ``model_input_order`` does not match the model's feature count, unless
+  ``allow_incomplete``. An order that cannot be confirmed counts as a mismatch too (parquet missing or
+  unmapped, Alpha158 names that are Jinja placeholders, a model whose feature count is unknown): publishing
+  it would replace a good bundle with one nobody can select from, only because a path map was forgotten;
+* ``workspace_traversal`` when the run touched anything outside ``__session__`` but the anchor parquet;
+* factor code that does not define its function is never fatal: the bundle is published, not ready.
+
+Nothing is written under the log dir: the store and the index must live elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from rd_assets.core.artifacts.factor_code import FactorCodeSet, build_factor_code
+from rd_assets.core.artifacts.factor_order import require_aligned, resolve_factor_order
+from rd_assets.core.artifacts.model_introspection import ModelExport, introspect_model
+from rd_assets.core.artifacts.model_meta import build_model_meta
+from rd_assets.core.artifacts.path_map import PathMap
+from rd_assets.core.artifacts.weights import ModelWeight
+from rd_assets.core.bundle.assemble import BundleContent, assemble_bundle
+from rd_assets.core.bundle.store import PublishResult, publish_bundle
+from rd_assets.core.contracts.artifact_models import FactorOrder, ModelMeta
+from rd_assets.core.contracts.bundle_models import ExtractReport, ExtractRun
+from rd_assets.core.contracts.models import ErrorInfo, SnapshotSelection, SotaFactorExperiment
+from rd_assets.core.errors import (
+    BundleStoreError,
+    FeatureCountMismatchError,
+    RdAssetsError,
+    UnreadableSnapshotError,
+    WeightsNotPersistedError,
+    WorkspaceTraversalError,
+)
+from rd_assets.core.session.access_log import AccessLog
+from rd_assets.core.session.file_format import SignatureStatus
+from rd_assets.core.session.index import SnapshotIndex
+from rd_assets.core.session.reading import AnchorReading
+from rd_assets.core.session.snapshots import SESSION_DIR, newer_unreadable
+from rd_assets.core.session.task_reader import TaskReading, read_task, reload_anchor
+
+NEWER_SNAPSHOT_UNREADABLE = "newer_snapshot_unreadable"
+SIGNATURE_UNVERIFIED = "signature_unverified"
+PATH_MAP_RULE_UNUSED = "path_map_rule_unused"
+
+
+@dataclass(frozen=True)
+class ExtractOutcome:
+    content: BundleContent
+    publish: PublishResult
+    report: ExtractReport
+    """The full report, including the run counters (``run``) that the published copy leaves out."""
+
+
+def _error_info(exc: RdAssetsError) -> ErrorInfo:
+    return ErrorInfo(code=exc.code, message=exc.message, path=exc.path)
+
+
+def refuse_inside(log_dir: Path, what: str, path: Path | None) -> None:
+    """Refuse a write location under the log dir (callers check before creating anything there)."""
+    if path is None:
+        return
+    log_dir, resolved = log_dir.resolve(), path.resolve()
+    if resolved == log_dir or log_dir in resolved.parents:
+        raise BundleStoreError(f"the {what} must not be inside the log dir (nothing is written there)", path=str(path))
+
+
+def _outside_session(access: AccessLog, log_dir: Path) -> list[str]:
+    session = log_dir / SESSION_DIR
+    return sorted({p for p in access.opened_paths if session not in Path(p).parents})
+
+
+def _weight(chosen: AnchorReading, allow_incomplete: bool) -> tuple[ModelWeight | None, ErrorInfo | None]:
+    try:
+        return chosen.require_weight(), None
+    except WeightsNotPersistedError as exc:
+        if not allow_incomplete:
+            raise
+        return None, _error_info(exc)
+
+
+@dataclass(frozen=True)
+class BundleParts:
+    """Everything :func:`assemble_bundle` takes, as the core resolved it from one log dir."""
+
+    selection: SnapshotSelection
+    anchor: SotaFactorExperiment
+    weight: ModelWeight | None
+    model: ModelExport | None
+    factor_order: FactorOrder
+    factor_code: FactorCodeSet
+    model_meta: ModelMeta
+    report: ExtractReport
+
+    def assemble(self, *, generated_at_utc: str | None = None) -> BundleContent:
+        return assemble_bundle(
+            **{f.name: getattr(self, f.name) for f in fields(self)}, generated_at_utc=generated_at_utc
+        )
+
+
+def _chosen(
+    log_dir: Path, reading: TaskReading, signing_key: str | None, access: AccessLog
+) -> tuple[AnchorReading, int]:
+    """The anchor with its weight (weights are not cached) and how many snapshots this run unpickled."""
+    selection, anchor = reading.selection, reading.anchor
+    if anchor is None:
+        raise UnreadableSnapshotError("the chosen snapshot gave no anchor", path=selection.chosen_snapshot)
+    if reading.chosen is not None:  # this read interpreted the chosen snapshot already
+        return reading.chosen, reading.unpickled
+    chosen = reload_anchor(log_dir, selection, anchor.last_sota_factor_index, signing_key=signing_key, access=access)
+    return chosen, reading.unpickled + 1
+
+
+def collect_warnings(
+    selection: SnapshotSelection, anchor: SotaFactorExperiment, order: FactorOrder, path_map: PathMap
+) -> list[str]:
+    """Facts a consumer should see that do not block readiness, as ``code: why``."""
+    warnings = []
+    if selection.signature == SignatureStatus.NOT_VERIFIED.value:
+        warnings.append(
+            f"{SIGNATURE_UNVERIFIED}: {selection.chosen_snapshot} is signed but was read without "
+            "RD_ASSETS_SIGNING_KEY, so its HMAC was not checked"
+        )
+    warnings += order.warnings
+    pickled = [anchor.experiment_workspace_path] if anchor.experiment_workspace_path else []
+    warnings += [
+        f"{PATH_MAP_RULE_UNUSED}: the path-map rule {rule.source}={rule.target} matches no pickled path of this task"
+        for rule in path_map.unused_rules(pickled)
+    ]
+    if anchor.model_py is not None and anchor.model_py_problem:
+        warnings.append(f"model_py_differs: {anchor.model_py_source} {anchor.model_py_problem}")
+    return warnings
+
+
+def build_report(
+    *,
+    log_dir: Path,
+    selection: SnapshotSelection,
+    anchor: SotaFactorExperiment,
+    access: AccessLog,
+    path_map: PathMap,
+    order: FactorOrder,
+    model: ModelExport | None,
+    weight: ModelWeight | None,
+    code: FactorCodeSet,
+    run: ExtractRun | None,
+    weight_error: ErrorInfo | None = None,
+    alignment_error: ErrorInfo | None = None,
+) -> ExtractReport:
+    """The extraction's diagnostics; the access lists come from ``access``, and a traversal is fatal.
+
+    Shared by every caller that assembles a bundle, so the same log dir gives the same report (and hash).
+    """
+    log_dir = log_dir.resolve()
+    allowed = {order.dynamic_source} if order.dynamic_source else set()
+    violations = access.violations(log_dir, allowed)
+    if violations:
+        raise WorkspaceTraversalError(f"touched outside {SESSION_DIR}: {', '.join(violations)}", path=str(log_dir))
+    notes = [f"signature: {selection.signature}"] if selection.signature else []
+    if model is not None and model.introspection.feature_count is None:
+        notes.append(f"model feature count unknown: {model.introspection.feature_count_reason}")
+    not_ready = [
+        f"{NEWER_SNAPSHOT_UNREADABLE}: {e.path} is newer than the chosen {selection.chosen_snapshot} but was "
+        f"skipped ({e.code}: {e.message}); the chosen state may be stale"
+        for e in newer_unreadable(selection)
+    ]
+    return ExtractReport(
+        task_id=selection.task_id,
+        log_dir_name=log_dir.name,
+        chosen_snapshot=selection.chosen_snapshot,
+        skipped_candidates=[c.error for c in selection.candidates if c.error is not None],
+        paths_opened_outside_session=_outside_session(access, log_dir),
+        access_violations=violations,
+        path_map=[f"{rule.source}={rule.target}" for rule in path_map.rules],
+        config_name=order.config_name,
+        model=model.introspection if model is not None else None,
+        weight=weight.info if weight is not None else None,
+        weight_error=weight_error,
+        alignment_error=alignment_error,
+        factor_code_incomplete=code.index.incomplete,
+        warnings=collect_warnings(selection, anchor, order, path_map),
+        not_ready=not_ready,
+        notes=notes,
+        run=run,
+    )
+
+
+def collect_parts(
+    log_dir: Path,
+    *,
+    path_map: PathMap,
+    index: SnapshotIndex,
+    signing_key: str | None = None,
+    allow_incomplete: bool = False,
+    access: AccessLog | None = None,
+) -> BundleParts:
+    """Read the task and resolve every part of its bundle; raises the fatal typed errors (module docstring)."""
+    log_dir = log_dir.resolve()
+    access = access if access is not None else AccessLog()
+    refuse_inside(log_dir, "snapshot index", index.path)
+    reading = read_task(log_dir, index=index, signing_key=signing_key, access=access)
+    if reading.error is not None:
+        raise reading.error
+    selection = reading.selection
+    chosen, unpickled = _chosen(log_dir, reading, signing_key, access)
+    anchor = reading.anchor
+    assert anchor is not None  # _chosen refused a reading without one
+    weight, weight_error = _weight(chosen, allow_incomplete)
+    del chosen, reading
+    model = introspect_model(weight.data) if weight is not None else None
+    weight_class = model.introspection.class_path if model is not None else None
+    order = resolve_factor_order(
+        anchor,
+        model_feature_count=model.introspection.feature_count if model is not None else None,
+        weight_class_path=weight_class,
+        path_map=path_map,
+        access=access,
+    )
+    alignment_error = None
+    try:
+        require_aligned(order)
+    except FeatureCountMismatchError as exc:
+        if not allow_incomplete:
+            raise
+        alignment_error = _error_info(exc)
+    code = build_factor_code(anchor)
+
+    report = build_report(
+        log_dir=log_dir,
+        selection=selection,
+        anchor=anchor,
+        access=access,
+        path_map=path_map,
+        order=order,
+        model=model,
+        weight=weight,
+        code=code,
+        run=ExtractRun(unpickled_snapshots=unpickled, index=index.unavailable_reason or "enabled"),
+        weight_error=weight_error,
+        alignment_error=alignment_error,
+    )
+    return BundleParts(
+        selection=selection,
+        anchor=anchor,
+        weight=weight,
+        model=model,
+        factor_order=order,
+        factor_code=code,
+        model_meta=build_model_meta(anchor, model=model.introspection if model is not None else None),
+        report=report,
+    )
+
+
+def extract_task(
+    log_dir: Path,
+    *,
+    store: Path,
+    path_map: PathMap,
+    index: SnapshotIndex,
+    signing_key: str | None = None,
+    allow_incomplete: bool = False,
+    keep_versions: int = 3,
+    access: AccessLog | None = None,
+) -> ExtractOutcome:
+    """Extract the task at ``log_dir`` and publish its bundle into ``store``; raises typed errors (see above)."""
+    refuse_inside(log_dir.resolve(), "bundle store", store)
+    parts = collect_parts(
+        log_dir,
+        path_map=path_map,
+        index=index,
+        signing_key=signing_key,
+        allow_incomplete=allow_incomplete,
+        access=access,
+    )
+    content = parts.assemble()
+    publish = publish_bundle(store, content, keep_versions=keep_versions)
+    return ExtractOutcome(content=content, publish=publish, report=parts.report)

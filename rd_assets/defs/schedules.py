@@ -1,0 +1,122 @@
+"""``rd_task_backfill_schedule``: once a day, rebuild bundles that are missing or stale.
+
+A bundle is stale when the session fingerprint recorded at its publication (``<store>/.dagster_state``)
+differs from the log dir's fingerprint now, or when the store's current version is not the recorded one.
+A partition whose run already FAILED for the same fingerprint is not requested again: the core is
+deterministic, so the same input would fail the same way (a new snapshot changes the fingerprint and
+lifts this). A run already queued or running for that fingerprint is not duplicated either.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultScheduleStatus,
+    RunRequest,
+    RunsFilter,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+)
+from pydantic import ValidationError
+
+from rd_assets.core.bundle.store import current_version_dir
+from rd_assets.core.errors import RdAssetsError
+from rd_assets.core.session.fingerprint import session_fingerprint
+from rd_assets.defs.assets import rd_task_job
+from rd_assets.defs.partitions import FINGERPRINT_TAG, PARTITION_TAG, RD_TASK_PARTITIONS_NAME
+from rd_assets.defs.resources import BundleStore, RdLogRoot
+from rd_assets.defs.sensors import run_key
+
+IN_FLIGHT = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+
+
+@dataclass(frozen=True)
+class Decision:
+    task_id: str
+    verdict: str
+    """fresh, missing, stale, failed_before, in_flight, log_dir_gone, no_snapshots"""
+    reason: str
+    fingerprint: str | None = None
+
+    @property
+    def wants_run(self) -> bool:
+        return self.verdict in ("missing", "stale")
+
+
+def _has_run(instance: DagsterInstance, task_id: str, fingerprint: str, statuses: list[DagsterRunStatus]) -> bool:
+    tags = {PARTITION_TAG: task_id, FINGERPRINT_TAG: fingerprint}
+    return bool(instance.get_run_ids(filters=RunsFilter(tags=tags, statuses=statuses), limit=1))
+
+
+def decide(instance: DagsterInstance, rd_log_root: RdLogRoot, bundle_store: BundleStore, task_id: str) -> Decision:
+    """Whether ``task_id`` needs a run today, and why (each reason is logged by the schedule)."""
+    try:
+        session = session_fingerprint(rd_log_root.log_dir(task_id))
+    except (RdAssetsError, OSError) as exc:
+        return Decision(task_id, "log_dir_gone", str(exc))
+    fp = session.token
+    if session.snapshot_count == 0:
+        return Decision(task_id, "no_snapshots", "the session has no snapshot yet", fp)
+    try:
+        record = bundle_store.publication(task_id)
+    except (ValidationError, OSError) as exc:
+        record, unreadable = None, f"publication record unreadable ({type(exc).__name__})"
+    else:
+        unreadable = None
+    current = current_version_dir(bundle_store.path, task_id)
+    if current is None or record is None:
+        verdict, reason = "missing", unreadable or ("no published bundle" if current is None else "no record")
+    elif record.session_fingerprint != fp:
+        verdict, reason = "stale", f"published from fingerprint {record.session_fingerprint}, session is {fp}"
+    elif Path(record.version_dir) != current:
+        verdict, reason = "stale", f"the current version {current.name} is not the recorded one"
+    else:
+        return Decision(task_id, "fresh", "bundle matches the session", fp)
+    if _has_run(instance, task_id, fp, [DagsterRunStatus.FAILURE]):
+        return Decision(task_id, "failed_before", f"{reason}, but a run already failed for fingerprint {fp}", fp)
+    if _has_run(instance, task_id, fp, IN_FLIGHT):
+        return Decision(task_id, "in_flight", f"{reason}; a run for fingerprint {fp} is queued or running", fp)
+    return Decision(task_id, verdict, reason, fp)
+
+
+@schedule(
+    name="rd_task_backfill_schedule",
+    cron_schedule="0 3 * * *",
+    execution_timezone="UTC",
+    job=rd_task_job,
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Daily: runs partitions whose bundle is missing or stale, skipping deterministic failures.",
+)
+def rd_task_backfill_schedule(
+    context: ScheduleEvaluationContext, rd_log_root: RdLogRoot, bundle_store: BundleStore
+) -> list[RunRequest] | SkipReason:
+    decisions = [
+        decide(context.instance, rd_log_root, bundle_store, task_id)
+        for task_id in context.instance.get_dynamic_partitions(RD_TASK_PARTITIONS_NAME)
+    ]
+    for d in decisions:
+        if d.verdict != "fresh":
+            context.log.info(f"{d.task_id}: {d.verdict}: {d.reason}")
+    requests = [
+        RunRequest(
+            partition_key=d.task_id,
+            run_key=run_key(d.task_id, d.fingerprint or ""),
+            tags={FINGERPRINT_TAG: d.fingerprint or ""},
+        )
+        for d in decisions
+        if d.wants_run
+    ]
+    if requests:
+        return requests
+    counts: dict[str, int] = {}
+    for d in decisions:
+        counts[d.verdict] = counts.get(d.verdict, 0) + 1
+    return SkipReason(f"nothing missing or stale: {counts or 'no partitions'}")
