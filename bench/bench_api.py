@@ -33,7 +33,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rd_assets.core.bundle.store import publish_bundle
-from rd_assets_tests.api_support import PLAIN_TASK, extract_samples, serving, with_weight
+from rd_assets_tests.api.support import PLAIN_TASK, extract_samples, serving, with_weight
 
 CLIENTS = 16
 ASSET_SIZE = 5 * 1024 * 1024

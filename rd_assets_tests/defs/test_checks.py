@@ -22,6 +22,13 @@ from rd_assets.defs.checks import (
     weight_source_problems,
 )
 from rd_assets.defs.partitions import FINGERPRINT_TAG
+from rd_assets_tests.defs.test_assets import (
+    SAMPLES,
+    chain_resources,
+    checks_of,
+    materialize_task,
+    materialized,
+)
 from rd_assets_tests.rdagent_fixtures import (
     WSL_WORKSPACE_PREFIX,
     ExperimentSpec,
@@ -30,13 +37,6 @@ from rd_assets_tests.rdagent_fixtures import (
     workspace_dir,
     write_combined_factors_parquet,
     write_task,
-)
-from rd_assets_tests.test_assets import (
-    SAMPLES,
-    chain_resources,
-    checks_of,
-    materialize_task,
-    materialized,
 )
 
 TASK = "2026-01-09_16-11-14-215581"

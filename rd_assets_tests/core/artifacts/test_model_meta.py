@@ -8,8 +8,8 @@ from rd_assets.core.contracts.models import SotaFactorExperiment
 from rd_assets.core.samples import FIRST_ANCHOR_TASK, SIGNED_TASK
 from rd_assets_tests.bundle_testkit import sample_parts
 from rd_assets_tests.conftest import expected_for
+from rd_assets_tests.core.artifacts.test_factor_order import LGB, SOTA_MODEL_HIST, anchor_of
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, default_yaml_files
-from rd_assets_tests.test_factor_order import LGB, SOTA_MODEL_HIST, anchor_of
 
 LGB_MODEL = ModelIntrospection(class_path=LGB, kind="lightgbm", feature_count=22)
 

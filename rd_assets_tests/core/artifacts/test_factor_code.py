@@ -10,8 +10,8 @@ import pytest
 from rd_assets.core.artifacts.factor_code import build_factor_code, factor_relpaths, safe_file_stem
 from rd_assets.core.session.index import SnapshotIndex
 from rd_assets.core.session.task_reader import read_task
+from rd_assets_tests.core.artifacts.test_factor_order import SAMPLE_TASKS, SAMPLES, anchor_of
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec
-from rd_assets_tests.test_factor_order import SAMPLE_TASKS, SAMPLES, anchor_of
 
 
 @pytest.mark.parametrize("task_id", SAMPLE_TASKS)

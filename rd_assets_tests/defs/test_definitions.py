@@ -14,7 +14,7 @@ from rd_assets.definitions import build_definitions, defs
 from rd_assets.defs.partitions import rd_task_partitions
 from rd_assets.defs.resources import DEFAULT_INDEX, DEFAULT_STORE, SAMPLES_DIR, BundleStore, RdLogRoot
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHAIN = ["session_snapshot", "last_sota_factor_exp", "model_weight", "factor_order", "factor_code", "aistock_bundle"]
 BLOCKING = {
     ("model_weight", "model_weight_source_is_factor_exp"): True,

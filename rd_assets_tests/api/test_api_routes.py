@@ -20,7 +20,7 @@ from rd_assets.core.bundle.verify import verify_bundle
 from rd_assets.core.contracts.bundle_models import MANIFEST
 from rd_assets.core.contracts.models import SCHEMA_VERSION
 from rd_assets.core.errors import BundleIntegrityError
-from rd_assets_tests.api_support import PLAIN_TASK, SAMPLE_TASKS, SIGNED_TASK, extract_samples, with_weight
+from rd_assets_tests.api.support import PLAIN_TASK, SAMPLE_TASKS, SIGNED_TASK, extract_samples, with_weight
 from rd_assets_tests.conftest import expected_for
 
 TASKS = SAMPLE_TASKS

@@ -38,8 +38,8 @@ from rd_assets.core.trace.experiments import (
     hist_of,
     interpret_trace,
 )
+from rd_assets_tests.core.trace.test_trace_hostile import HUGE_INT, nested_lists, shared_list_bomb, standin
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, build_loop, snapshot_bytes
-from rd_assets_tests.test_trace_hostile import HUGE_INT, nested_lists, shared_list_bomb, standin
 
 HOSTILE_ONE_IN = 12
 """How often an attribute of a generated graph is drawn from anything at all instead of its well-typed values."""

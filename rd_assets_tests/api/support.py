@@ -39,7 +39,7 @@ __all__ = ["PLAIN_TASK", "SAMPLE_SIGNING_KEY", "SAMPLE_TASKS", "SIGNED_TASK"]
 
 SAMPLES = SAMPLES_DIR
 PATH_MAP = PathMap.parse([SAMPLE_PATH_MAP])
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def extract_samples(store: Path) -> dict[str, BundleContent]:

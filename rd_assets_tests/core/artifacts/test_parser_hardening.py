@@ -53,6 +53,7 @@ from rd_assets.core.samples import SAMPLE_TASKS, SAMPLES_DIR
 from rd_assets.core.session.access_log import AccessLog
 from rd_assets.core.session.index import SnapshotIndex
 from rd_assets.core.session.task_reader import read_task
+from rd_assets_tests.core.artifacts.test_factor_order import anchor_of
 from rd_assets_tests.rdagent_fixtures import (
     WSL_WORKSPACE_PREFIX,
     ExperimentSpec,
@@ -61,7 +62,6 @@ from rd_assets_tests.rdagent_fixtures import (
     workspace_dir,
     write_combined_factors_parquet,
 )
-from rd_assets_tests.test_factor_order import anchor_of
 
 LOADERS = pytest.mark.parametrize("loader", [LOADER, PURE_PYTHON_LOADER], ids=lambda c: c.__name__)
 FAST = 2.0

@@ -10,8 +10,8 @@ from dagster._core.test_utils import create_run_for_test
 from rd_assets.core.session.fingerprint import session_fingerprint
 from rd_assets.defs.partitions import FINGERPRINT_TAG, PARTITION_TAG, RD_TASK_PARTITIONS_NAME
 from rd_assets.defs.schedules import rd_task_backfill_schedule
+from rd_assets_tests.defs.test_assets import chain_resources, materialize_task
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, growing_timeline, write_task
-from rd_assets_tests.test_assets import chain_resources, materialize_task
 
 SAMPLE = "2026-03-02_09-15-27-118204"
 NO_WEIGHTS = "2026-01-09_16-11-14-215581"

@@ -23,7 +23,7 @@ import pytest
 
 from rd_assets.core.samples import SAMPLE_TASKS, SAMPLES_DIR
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLES = SAMPLES_DIR
 ASSETS = ["session_snapshot", "last_sota_factor_exp", "model_weight", "factor_order", "factor_code", "aistock_bundle"]
 GREEN_CHECKS = {

@@ -26,7 +26,7 @@ from rd_assets.api.bundle_reader import BundleReader, OpenFile, PinnedVersion
 from rd_assets.core.bundle.assemble import content_hash, file_entries
 from rd_assets.core.bundle.store import publish_bundle
 from rd_assets.core.contracts.bundle_models import MANIFEST, Manifest
-from rd_assets_tests.api_support import PLAIN_TASK, extract_samples, serving, with_weight
+from rd_assets_tests.api.support import PLAIN_TASK, extract_samples, serving, with_weight
 
 DURATION_S = 3.0
 CLIENTS = 8

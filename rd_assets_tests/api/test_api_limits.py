@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rd_assets.api.limits import ApiLimits, RequestGuard
 from rd_assets.core.bundle.store import publish_bundle
-from rd_assets_tests.api_support import PLAIN_TASK, RD_ASSETS, Server, extract_samples, serving, with_weight
+from rd_assets_tests.api.support import PLAIN_TASK, RD_ASSETS, Server, extract_samples, serving, with_weight
 
 TOKEN = "limits-token-42"
 MAX_HEAD = 16 * 1024

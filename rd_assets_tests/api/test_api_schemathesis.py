@@ -16,7 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from rd_assets.api.app import create_app
-from rd_assets_tests.api_support import extract_samples
+from rd_assets_tests.api.support import extract_samples
 
 STORE = Path(tempfile.mkdtemp(prefix="rd-assets-schemathesis-"))
 atexit.register(shutil.rmtree, STORE, True)  # also when collection happens but the module's tests are deselected

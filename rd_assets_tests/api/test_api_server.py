@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rd_assets_tests.api_support import (
+from rd_assets_tests.api.support import (
     PLAIN_TASK,
     RD_ASSETS,
     SAMPLE_TASKS,

@@ -25,8 +25,8 @@ from rd_assets.core.errors import RdAssetsError
 from rd_assets.core.session.index import SnapshotIndex
 from rd_assets.core.text_safety import encodable, printable
 from rd_assets_tests.bundle_testkit import GENERATED_TASK, GeneratedTask, generated_task, tree_bytes
+from rd_assets_tests.core.artifacts.test_factor_order import anchor_of
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec
-from rd_assets_tests.test_factor_order import anchor_of
 
 OSC_TITLE = "Mom\x1b]0;pwned\x07_10D"
 CLEAR_SCREEN = "Vol\x1b[2J_5D"

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 
 from rd_assets.api.app import create_app
 from rd_assets.core.contracts.bundle_models import MANIFEST
-from rd_assets_tests.api_support import PLAIN_TASK, SAMPLE_TASKS, SIGNED_TASK, extract_samples, free_port, stop
+from rd_assets_tests.api.support import PLAIN_TASK, SAMPLE_TASKS, SIGNED_TASK, extract_samples, free_port, stop
 
 CANARY = "canary-secret-7f3a9c"
 ROUTES = (

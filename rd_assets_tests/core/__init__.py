@@ -1,0 +1,1 @@
+"""Tests of rd_assets/core."""
