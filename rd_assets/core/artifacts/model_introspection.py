@@ -24,7 +24,8 @@ from rd_assets.core.artifacts.torch_state import export_safetensors, read_torch_
 from rd_assets.core.contracts.artifact_models import ModelIntrospection, TensorSpec
 from rd_assets.core.errors import RdAssetsError, TorchWeightError
 from rd_assets.core.isolation import BYTES_AS_BASE64, isolated
-from rd_assets.core.session.unpickler import class_path, safe_loads
+from rd_assets.core.session.standins import class_path
+from rd_assets.core.session.unpickler import safe_loads
 from rd_assets.core.text_safety import utf8_problem
 from rd_assets.core.trace.experiments import attr
 

@@ -27,7 +27,7 @@ import numpy as np
 from safetensors.numpy import save as save_safetensors  # numpy-only: never imports torch
 
 from rd_assets.core.errors import TorchWeightError
-from rd_assets.core.session.unpickler import StandIn, class_path
+from rd_assets.core.session.standins import StandIn, class_path
 from rd_assets.core.trace.experiments import attr
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C

@@ -17,7 +17,7 @@ from rd_assets.core.contracts.models import ErrorInfo, SotaFactorExperiment
 from rd_assets.core.errors import SessionChangedError, WeightsNotPersistedError, rebuild_error
 from rd_assets.core.isolation import BYTES_AS_BASE64, isolated
 from rd_assets.core.session.file_format import SessionBody, load_body
-from rd_assets.core.session.unpickler import class_path
+from rd_assets.core.session.standins import class_path
 from rd_assets.core.trace.experiments import anchor_experiment, hist_of, interpret_trace
 from rd_assets.core.trace.metrics import plain_text
 

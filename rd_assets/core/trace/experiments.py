@@ -33,7 +33,7 @@ from rd_assets.core.contracts.models import (
     SubWorkspaceRef,
 )
 from rd_assets.core.errors import NoSotaFactorExperimentError, UnreadableSnapshotError
-from rd_assets.core.session.unpickler import StandIn, class_path
+from rd_assets.core.session.standins import StandIn, class_path
 from rd_assets.core.text_safety import escape_surrogates
 from rd_assets.core.trace.metrics import describe, json_data, metrics_dict, plain_text
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from rd_assets.core.contracts.models import MAX_JSON_DEPTH, int_fits_json
-from rd_assets.core.session.unpickler import StandIn, class_name, class_path
+from rd_assets.core.session.standins import StandIn, class_name, class_path
 from rd_assets.core.text_safety import escape_surrogates
 
 MetricValue = float | int | str | None

@@ -23,7 +23,8 @@ from rd_assets.core.errors import (
     UnsignedSnapshotError,
 )
 from rd_assets.core.session.file_format import SIGNED_HEADER_LEN, FileFormat, SignatureStatus, load_session_file
-from rd_assets.core.session.unpickler import StandIn, Subscripted, class_name, class_path, safe_loads
+from rd_assets.core.session.standins import StandIn, Subscripted, class_name, class_path
+from rd_assets.core.session.unpickler import safe_loads
 from rd_assets.core.trace.experiments import attr, hist_of
 from rd_assets.core.trace.metrics import metrics_dict
 from rd_assets_tests.conftest import PLAIN_TASK, SAMPLE_LOGS, SIGNED_TASK, expected_for

@@ -19,17 +19,12 @@ from pathlib import Path
 import pytest
 
 from rd_assets.core.errors import RdAssetsError, UnreadableSnapshotError, UnsafePickleError
+from rd_assets.core.session.allow_list import ALLOWED_GLOBALS
 from rd_assets.core.session.file_format import SIGNED_MAGIC, load_session_file
 from rd_assets.core.session.index import SnapshotIndex
+from rd_assets.core.session.standins import StandIn, class_path
 from rd_assets.core.session.task_reader import read_task
-from rd_assets.core.session.unpickler import (
-    ALLOWED_GLOBALS,
-    MAX_GLOBALS_PER_FILE,
-    RestrictedUnpickler,
-    StandIn,
-    class_path,
-    safe_loads,
-)
+from rd_assets.core.session.unpickler import MAX_GLOBALS_PER_FILE, RestrictedUnpickler, safe_loads
 from rd_assets_tests.conftest import PLAIN_TASK, REPO_ROOT, SAMPLES, SIGNED_TASK, VENV_PYTHON, expected_for
 from rd_assets_tests.hostile_pickles import (
     AMPLIFIERS,
@@ -478,7 +473,7 @@ def test_no_global_picklescan_calls_dangerous_comes_back_as_a_real_callable() ->
 
 
 def test_every_allow_listed_global_says_why_it_is_safe() -> None:
-    from rd_assets.core.session.unpickler import ALLOW_LIST, ALLOWED_GLOBALS
+    from rd_assets.core.session.allow_list import ALLOW_LIST, ALLOWED_GLOBALS
 
     assert set(ALLOW_LIST) == set(ALLOWED_GLOBALS)
     for key, (_obj, why) in ALLOW_LIST.items():

@@ -12,8 +12,9 @@ import pytest
 from rd_assets.core.contracts.models import SotaFactorExperiment
 from rd_assets.core.errors import NoSotaFactorExperimentError
 from rd_assets.core.session.index import SnapshotIndex
+from rd_assets.core.session.standins import class_path
 from rd_assets.core.session.task_reader import TaskReading, read_task
-from rd_assets.core.session.unpickler import class_path, safe_loads
+from rd_assets.core.session.unpickler import safe_loads
 from rd_assets.core.trace.experiments import anchor_experiment, find_anchor, hist_of, interpret_trace, path_text
 from rd_assets_tests.rdagent_fixtures import (
     QUANT_LOOP,

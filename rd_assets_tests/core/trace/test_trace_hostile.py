@@ -24,7 +24,8 @@ import rd_assets.core.trace.experiments as trace_module
 from rd_assets.core.artifacts.weights import resolve_model_weight
 from rd_assets.core.contracts.models import MAX_JSON_DEPTH, FactorRecord, SotaFactorExperiment
 from rd_assets.core.errors import UnreadableSnapshotError, WeightsNotPersistedError
-from rd_assets.core.session.unpickler import RestrictedUnpickler, StandIn, safe_loads
+from rd_assets.core.session.standins import StandIn
+from rd_assets.core.session.unpickler import RestrictedUnpickler, safe_loads
 from rd_assets.core.trace.experiments import MAX_NAME_CHARS, MAX_SOURCE_CHARS, anchor_experiment, interpret_trace
 from rd_assets.core.trace.metrics import MAX_TEXT_CHARS, metrics_dict
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, build_loop, make, snapshot_bytes
