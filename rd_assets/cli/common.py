@@ -23,6 +23,11 @@ from rd_assets.core.text_safety import jsonable, printable
 EXIT_ERROR = 2
 
 
+def add_command(sub: argparse._SubParsersAction, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary is both its entry in ``rd-assets --help`` and its own description."""
+    return sub.add_parser(name, help=summary, description=summary)
+
+
 def add_index_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--index",

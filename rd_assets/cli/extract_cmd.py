@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rd_assets.cli.common import add_index_options, fail, open_index, print_json, print_lines
+from rd_assets.cli.common import add_command, add_index_options, fail, open_index, print_json, print_lines
 from rd_assets.core.artifacts.path_map import PathMap
 from rd_assets.core.bundle.extract import ExtractOutcome, extract_task, refuse_inside
 from rd_assets.core.contracts.artifact_models import FactorOrder
@@ -24,7 +24,7 @@ def _positive(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("extract", help="extract a task's bundle and publish it atomically into a store")
+    p = add_command(sub, "extract", "extract a task's bundle and publish it atomically into a store")
     p.add_argument("log_dir", type=Path, help="a task log dir, e.g. log/2026-01-09_16-11-14-215581")
     p.add_argument("--store", type=Path, required=True, help="bundle store directory (outside the log dir)")
     p.add_argument(

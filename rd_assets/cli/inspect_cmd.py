@@ -6,14 +6,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from rd_assets.cli.common import EXIT_ERROR, add_index_options, open_index, print_json, print_lines, stderr_progress
+from rd_assets.cli.common import (
+    EXIT_ERROR,
+    add_command,
+    add_index_options,
+    open_index,
+    print_json,
+    print_lines,
+    stderr_progress,
+)
 from rd_assets.core.contracts.models import InspectResult
 from rd_assets.core.errors import RdAssetsError
 from rd_assets.core.session.task_reader import inspect_result, read_task, signing_key_from_env
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="show which snapshot and experiment a task resolves to")
+    p = add_command(sub, "inspect", "show which snapshot and experiment a task resolves to")
     p.add_argument("log_dir", type=Path, help="a task log dir, e.g. log/2026-01-09_16-11-14-215581")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     add_index_options(p)
@@ -46,8 +54,6 @@ def render_table(result: InspectResult) -> list[str]:
         for i, f in enumerate(result.sota_factors):
             sha = (f.code_sha256 or "-")[:16]
             lines.append(f"  {i:>2} {f.name:<32} {f.hist_index!s:>4}  {f.file_dict_key:<28} {sha}")
-    if result.error:
-        lines += ["", f"error: {result.error.code}: {result.error.message}"]
     return lines
 
 
@@ -68,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
     result = inspect_result(args.log_dir, reading, error)
     if args.json:
         print_json(result, exclude={"selection"})
-    else:
+    elif result.candidates or result.error is None:  # a log dir that could not be listed has no table
         print_lines(render_table(result))
     if result.error:
-        print_lines([f"error: {result.error.code}"], sys.stderr)
+        if not args.json:  # scripts read the error from the JSON; people get it once, on stderr
+            where = f" [{result.error.path}]" if result.error.path else ""
+            print_lines([f"error: {result.error.code}: {result.error.message}{where}"], sys.stderr)
         return EXIT_ERROR
     return 0

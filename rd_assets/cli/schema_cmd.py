@@ -6,12 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from rd_assets.cli.common import print_json, print_lines
+from rd_assets.cli.common import add_command, print_json, print_lines
 from rd_assets.core.contracts.schemas import export_schemas, schema_files
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("schema", help="write <Model>.schema.json for every bundle and CLI document")
+    p = add_command(sub, "schema", "write <Model>.schema.json for every bundle and CLI document")
     p.add_argument("--out", type=Path, default=None, help="directory to write into (default: print them as one JSON)")
     p.set_defaults(handler=run)
 

@@ -15,14 +15,14 @@ import typing
 from pathlib import Path
 
 from rd_assets.api.limits import WHY, ApiLimits
-from rd_assets.cli.common import EXIT_ERROR, fail
+from rd_assets.cli.common import EXIT_ERROR, add_command, fail
 from rd_assets.core.errors import RdAssetsError
 
 DEFAULT_PORT = 8765
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve published bundles read-only over HTTP (FastAPI + uvicorn)")
+    p = add_command(sub, "serve", "serve published bundles read-only over HTTP (FastAPI + uvicorn)")
     p.add_argument("--store", type=Path, required=True, help="the bundle store written by `rd-assets extract`")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")

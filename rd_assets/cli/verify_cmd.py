@@ -6,14 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from rd_assets.cli.common import EXIT_ERROR, print_json, print_lines
+from rd_assets.cli.common import EXIT_ERROR, add_command, print_json, print_lines
 from rd_assets.core.bundle.verify import verify_bundle
 from rd_assets.core.contracts.bundle_models import VerifyReport
 from rd_assets.core.errors import BundleIntegrityError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="check a published bundle against its manifest and schemas")
+    p = add_command(sub, "verify", "check a published bundle against its manifest and schemas")
     p.add_argument("bundle_dir", type=Path, help="<store>/<task_id> or one of its version directories")
     p.add_argument("--json", action="store_true", help="print the VerifyReport as JSON")
     p.set_defaults(handler=run)

@@ -94,8 +94,10 @@ def test_no_sota_factor_experiment_fails_with_its_code(log_root: Path, tmp_path:
     assert doc["last_sota_factor_index"] is None and doc["sota_factors"] == []
     table = run_inspect(log_dir, "--no-index")
     assert table.returncode == code
-    assert "error: no_sota_factor_experiment" in table.stdout
-    assert table.stderr.strip().endswith("no_sota_factor_experiment")
+    assert "error" not in table.stdout and "SOTA factors" not in table.stdout
+    assert "__session__/1/3_feedback" in table.stdout
+    assert table.stderr.count("error:") == 1
+    assert table.stderr.startswith("error: no_sota_factor_experiment: ")
 
 
 def test_wrong_signing_key_fails_with_every_candidate_listed(tmp_path: Path) -> None:
@@ -111,6 +113,9 @@ def test_missing_log_dir(tmp_path: Path) -> None:
     assert code != 0
     assert doc["error"]["code"] == "invalid_log_dir"
     assert doc["candidates"] == []
+    human = run_inspect(tmp_path / "nope", "--no-index")
+    assert human.returncode == code and human.stdout == ""
+    assert human.stderr.count("error:") == 1 and human.stderr.startswith("error: invalid_log_dir: ")
 
 
 def test_skipped_candidates_are_shown_with_their_reason(log_root: Path, tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ class PublishResult:
 
 def _check_task_id(task_id: str) -> None:
     if not is_task_id(task_id):
-        raise BundleStoreError(f"not a task id (YYYY-MM-DD_HH-MM-SS-ffffff): {task_id!r}", path=task_id)
+        raise BundleStoreError(f"not a safe task id: {task_id!r}", path=task_id)
 
 
 def check_relpath(relpath: str) -> None:
@@ -193,10 +193,13 @@ def publish_bundle(store: Path, content: BundleContent, *, keep_versions: int = 
     if manifest_bytes is None or Manifest.model_validate_json(manifest_bytes) != content.manifest:
         raise BundleStoreError(f"{MANIFEST} is missing or differs from the bundle's manifest", path=task_id)
 
+    if store.exists() and not store.is_dir():
+        raise BundleStoreError("the store path exists and is not a directory", path=str(store))
     try:
         return _publish_locked(store, content, new_hash, keep_versions)
     except OSError as exc:
-        raise BundleStoreError(f"cannot publish into the store: {exc}", path=str(store)) from exc
+        where = exc.filename or store
+        raise BundleStoreError(f"cannot publish into the store: {exc.strerror or exc}", path=str(where)) from exc
 
 
 def _publish_locked(store: Path, content: BundleContent, new_hash: str, keep_versions: int) -> PublishResult:

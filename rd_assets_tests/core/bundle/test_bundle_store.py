@@ -174,8 +174,13 @@ def test_keep_versions_must_keep_the_current_one(tmp_path: Path, content: Bundle
 
 def test_an_unusable_store_is_a_typed_error(tmp_path: Path, content: BundleContent) -> None:
     (tmp_path / "file").write_text("not a directory")
-    with pytest.raises(BundleStoreError, match="cannot publish into the store"):
+    with pytest.raises(BundleStoreError, match="cannot publish into the store: Not a directory") as under_a_file:
         publish_bundle(tmp_path / "file" / "store", content)
+    assert under_a_file.value.path == str(tmp_path / "file" / "store")
+    with pytest.raises(BundleStoreError, match="the store path exists and is not a directory") as is_a_file:
+        publish_bundle(tmp_path / "file", content)
+    assert is_a_file.value.message == "the store path exists and is not a directory"
+    assert is_a_file.value.path == str(tmp_path / "file")
 
 
 def test_manifest_bytes_must_be_the_manifest(tmp_path: Path, content: BundleContent) -> None:
