@@ -68,6 +68,25 @@ def _order_line(order: FactorOrder) -> list[str]:
     return lines
 
 
+def _once(lines: list[str]) -> list[str]:
+    """Each long reason in full the first time only: later lines that repeat it say "(as above)".
+
+    A missing parquet explains the dynamic names, the alignment and readiness alike; printing it three times
+    pushes the summary off a terminal.
+    """
+    shown: list[str] = []
+    out = []
+    for line in lines:
+        label, _, text = line.partition(": ")
+        for reason in shown:
+            if reason in text:
+                text = text.replace(reason, "(as above)")
+        if len(text) > 60:
+            shown.append(text)
+        out.append(f"{label}: {text}" if text else line)
+    return out
+
+
 def render_summary(outcome: ExtractOutcome) -> list[str]:
     """The human summary lines: anchor, factors, weight, order, alignment, readiness and where the bundle is."""
     manifest, report = outcome.content.manifest, outcome.report
@@ -103,7 +122,7 @@ def render_summary(outcome: ExtractOutcome) -> list[str]:
         f"  bundle     {outcome.publish.bundle_path} -> {outcome.publish.version_dir.name}  {state}",
         f"  content    sha256 {outcome.publish.content_hash}",
     ]
-    return lines
+    return _once(lines)
 
 
 def _result(args: argparse.Namespace, outcome: ExtractOutcome | None, error: RdAssetsError | None) -> ExtractResult:

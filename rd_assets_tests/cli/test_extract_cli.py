@@ -75,6 +75,13 @@ def test_missing_path_map_is_factor_parquet_not_found(tmp_path: Path, capsys: py
     assert "not found (pickled workspace_path '/mnt/f/Dev/RD-Agent-main/" in err
     assert "no path-map rule matched (--path-map / RD_ASSETS_PATH_MAP: none given)" in err
 
+    assert main([*_extract_args(SAMPLE_LOGS / PLAIN_TASK, tmp_path / "store"), "--allow-incomplete"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("combined_factors_df.parquet not found") == 1, out
+    assert "alignment  NOT aligned: model_input_order unresolved: (as above)" in out
+    assert "ready      false: factor_order_not_aligned: model_input_order unresolved: (as above)" in out
+    assert "None" not in out and "?" not in out
+
 
 def test_bad_options_are_refused_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     task = generated_task(tmp_path)
