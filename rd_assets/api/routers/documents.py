@@ -9,9 +9,10 @@ Per-task routes are ``async``: they only resolve a symlink and open or read smal
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from fastapi import APIRouter, Response
+from fastapi.params import Depends
 from pydantic import BaseModel
 
 from rd_assets.api.bundle_reader import BundleReader, PinnedVersion
@@ -29,8 +30,8 @@ from rd_assets.core.contracts.artifact_models import FactorOrder, ModelMeta
 from rd_assets.core.contracts.bundle_models import SotaFactorsDoc
 
 
-def build_router(reader: BundleReader) -> APIRouter:
-    router = APIRouter(tags=["documents"])
+def build_router(reader: BundleReader, dependencies: Sequence[Depends]) -> APIRouter:
+    router = APIRouter(tags=["documents"], dependencies=dependencies)
 
     def pinned_json(task_id: str, name: str, build: Callable[[PinnedVersion], bytes]) -> Response:
         """A response model derived from the manifest alone, serialised once per version (hot consumer routes)."""

@@ -8,9 +8,11 @@ factor code as text.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
+from fastapi.params import Depends
 
 from rd_assets.api.bundle_reader import KEY_PATTERN, BundleReader, OpenFile, PinnedVersion
 from rd_assets.api.errors import documented
@@ -70,8 +72,8 @@ def media_type(relpath: str) -> str:
     return MEDIA_TYPES.get(relpath[dot:], OCTET_STREAM) if dot > relpath.rfind("/") else OCTET_STREAM
 
 
-def build_router(reader: BundleReader) -> APIRouter:
-    router = APIRouter(tags=["files"])
+def build_router(reader: BundleReader, dependencies: Sequence[Depends]) -> APIRouter:
+    router = APIRouter(tags=["files"], dependencies=dependencies)
 
     @router.get(
         "/tasks/{task_id}/asset_bytes",

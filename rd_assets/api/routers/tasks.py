@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from fastapi.params import Depends
 
 from rd_assets.api.bundle_reader import BundleReader, PinnedVersion
 from rd_assets.api.errors import documented
@@ -23,8 +25,8 @@ from rd_assets.api.task_states import listing, task_status
 from rd_assets.core.contracts.bundle_models import Manifest
 
 
-def build_router(reader: BundleReader) -> APIRouter:
-    router = APIRouter(tags=["tasks"])
+def build_router(reader: BundleReader, dependencies: Sequence[Depends]) -> APIRouter:
+    router = APIRouter(tags=["tasks"], dependencies=dependencies)
 
     @router.get("/tasks", response_model=TaskList, responses=documented(401, 422, 500))
     def tasks(
