@@ -5,16 +5,15 @@ resolves it exactly once (:func:`rd_assets.core.bundle.store.current_version_dir
 target is a direct child of ``<store>/.versions/<task_id>/``), then reads every byte of its answer from that
 one immutable version directory, opening each file before streaming from the open descriptor. A concurrent
 republish therefore never mixes versions. Client input is never joined onto a path: a task id must match the
-task-id pattern and an asset key is looked up in a table built from the manifest. Nothing here writes, and
-nothing here unpickles.
+task-id pattern and an asset key is looked up in a table built from the manifest. Every file is checked against
+its manifest entry (:mod:`rd_assets.api.verification`) before it is served. Nothing here writes, and nothing here
+unpickles.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,51 +21,29 @@ from typing import NoReturn, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
-from rd_assets.api.responses import TaskSummary
+from rd_assets.api.errors import (
+    AssetNotFoundError,
+    BundleCorruptError,
+    InvalidAssetKeyError,
+    InvalidTaskIdError,
+    TaskFailedError,
+    TaskNotFoundError,
+    VersionGoneError,
+)
+from rd_assets.api.verification import CHUNK, FileVerifier, ServedFile, identity_of
 from rd_assets.core.bundle.store import RELPART_RE, VERSIONS_DIR, check_relpath, current_version_dir
+from rd_assets.core.bundle.task_status import read_failure
 from rd_assets.core.contracts.bundle_models import MANIFEST, SOTA_FACTORS, Manifest, SotaFactorsDoc
-from rd_assets.core.errors import BundleIntegrityError, BundleStoreError, RdAssetsError
+from rd_assets.core.errors import BundleIntegrityError, BundleStoreError
 from rd_assets.core.task_ids import is_task_id
 
 _V = TypeVar("_V")
-CHUNK = 1 << 20
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-TAR_MTIME = 0
-"""Fixed member mtime (and uid/gid 0, mode 0644) so the same version always streams the same tar bytes."""
 _CACHE_MAX = 16384
+_CACHE_LOCK = threading.Lock()
 _KEY_PART = RELPART_RE.pattern.removeprefix("^").removesuffix("$")
 KEY_PATTERN = rf"^{_KEY_PART}(/{_KEY_PART})*$"
 """What an asset key may look like: the publisher's own relpath rule (so the spec says what is accepted)."""
-
-
-class InvalidTaskIdError(RdAssetsError):
-    """A ``task_id`` that is not ``YYYY-MM-DD_HH-MM-SS-ffffff`` (so it can never name a bundle)."""
-
-    code = "invalid_task_id"
-
-
-class InvalidAssetKeyError(RdAssetsError):
-    """An asset key that no bundle can hold: absolute, traversing, backslashes, control characters."""
-
-    code = "invalid_key"
-
-
-class TaskNotFoundError(RdAssetsError):
-    """No published bundle for a well-formed task id."""
-
-    code = "task_not_found"
-
-
-class AssetNotFoundError(RdAssetsError):
-    """The key is neither a consumer key nor a relpath listed in this version's manifest."""
-
-    code = "asset_not_found"
-
-
-class VersionGoneError(RdAssetsError):
-    """The pinned version was pruned before its files could be opened, on every retry; the client may retry."""
-
-    code = "bundle_version_gone"
 
 
 @dataclass(frozen=True)
@@ -82,56 +59,42 @@ class PinnedVersion:
     """(dir, dev, inode, size, mtime, ctime) of the manifest read: any rewrite of the file changes it."""
 
 
-@dataclass(frozen=True)
-class TaskListing:
-    summaries: list[TaskSummary]
-    problems: list[tuple[str, RdAssetsError]]
+@dataclass
+class OpenFile(ServedFile):
+    """A served file whose bytes are read with ``pread`` (no shared offset), re-checked before the last chunk."""
 
+    verifier: FileVerifier
 
-class OpenFile:
-    """An open descriptor of one bundle file plus the hash and size its manifest promises for it.
+    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Bytes ``start`` to ``end`` (exclusive; default the whole file) of an already verified file.
 
-    ``verified`` holds the identities (dev, inode, size, mtime, ctime) of files already streamed in full and
-    found to hash to their manifest entry. Any write to a file changes its mtime/ctime, so a file whose identity
-    is in there still has those bytes and is streamed without hashing again; every other file is hashed.
-    """
-
-    def __init__(self, fd: int, relpath: str, sha256: str, size: int, verified: dict[tuple, str]) -> None:
-        self.fd, self.relpath, self.sha256, self.size = fd, relpath, sha256, size
-        st = os.fstat(fd)
-        self._identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        self._verified = verified
-        self.disk_size = st.st_size
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def chunks(self) -> Iterator[bytes]:
-        """The bytes from the descriptor; raises (aborting the response) if they do not hash to the manifest.
-
-        Headers (ETag, Content-Length) are sent before the body, so a mismatch can only be signalled by
-        cutting the body short. The last chunk is held back until the whole file is verified, so a client
-        never receives the full Content-Length of bytes that do not match their ETag.
+        The last chunk is held back until the file is known to be unchanged since it was verified, so a client
+        never receives the full Content-Length of bytes that may not match their ETag.
         """
-        known = self._verified.get(self._identity) == self.sha256
-        digest, read, pending = hashlib.sha256(), 0, b""
-        while chunk := os.read(self.fd, min(CHUNK, self.size - read + 1)):
-            read += len(chunk)
-            if read > self.size:
-                break
-            if not known:
-                digest.update(chunk)
+        end = self.size if end is None else end
+        offset, pending = start, b""
+        while offset < end and (chunk := os.pread(self.fd, min(CHUNK, end - offset), offset)):
+            offset += len(chunk)
             if pending:
                 yield pending
             pending = chunk
-        if read != self.size or not (known or digest.hexdigest() == self.sha256):
-            raise BundleIntegrityError(f"{self.relpath} no longer matches its manifest entry", path=self.relpath)
-        if not known:
-            _remember(self._verified, self._identity, self.sha256)
+        self.verifier.unchanged(self)
+        if offset != end:
+            raise BundleCorruptError(f"{self.relpath} of task {self.task_id} ended early", path=self.relpath)
         if pending:
             yield pending
+
+    def read_all(self) -> bytes:
+        """The whole file (small JSON documents), checked against the manifest before it is returned."""
+        data = b"".join(self._raw())
+        self.verifier.check(self, data)
+        return data
+
+    def _raw(self) -> Iterator[bytes]:
+        offset = 0
+        while chunk := os.pread(self.fd, CHUNK, offset):
+            offset += len(chunk)
+            yield chunk
 
 
 def check_key(key: str) -> None:
@@ -144,7 +107,7 @@ def check_key(key: str) -> None:
 
 def check_task_id(task_id: str) -> None:
     if not is_task_id(task_id):
-        raise InvalidTaskIdError(f"not a task id (YYYY-MM-DD_HH-MM-SS-ffffff): {task_id!r}")
+        raise InvalidTaskIdError(f"not a task id: {task_id!r}")
 
 
 def validate_json(model: type[BaseModel], data: bytes, relpath: str) -> BaseModel:
@@ -164,9 +127,9 @@ class BundleReader:
         if not os.path.isdir(real):
             raise BundleStoreError(f"bundle store {store} is not a directory", path=str(store))
         self.store = Path(real)
+        self.verifier = FileVerifier()
         self._pins: dict[tuple, PinnedVersion] = {}
         self._memo: dict[tuple, object] = {}
-        self._verified: dict[tuple, str] = {}
 
     # ------------------------------------------------------------------ resolving
 
@@ -207,9 +170,15 @@ class BundleReader:
         return pinned
 
     def _explain_unpublished(self, task_id: str) -> NoReturn:
-        """Why ``current_version_dir`` found nothing: no link, a pruned target (retry), or a foreign object."""
+        """Why nothing is published: a failure, never seen, a pruned target (retry), or a foreign object."""
         link = os.path.join(self.store, task_id)
         if not os.path.islink(link):
+            failure = read_failure(self.store, task_id)
+            if failure is not None:
+                raise TaskFailedError(
+                    f"task {task_id} failed and has no published bundle: {failure.code}: {failure.message}",
+                    path=task_id,
+                )
             raise TaskNotFoundError(f"no published bundle for task {task_id}", path=task_id)
         try:
             target = os.path.join(self.store, os.readlink(link))
@@ -245,7 +214,7 @@ class BundleReader:
         return os.open(path, _OPEN_FLAGS)
 
     def open_file(self, pinned: PinnedVersion, relpath: str) -> OpenFile:
-        """Open one file listed in the pinned manifest; its size must already match the manifest."""
+        """Open one file listed in the pinned manifest (not yet verified: see :meth:`FileVerifier.check_all`)."""
         entry = pinned.manifest.files.get(relpath)
         if entry is None:
             raise AssetNotFoundError(f"{relpath!r} is not listed in the manifest of {pinned.task_id}", path=relpath)
@@ -255,17 +224,28 @@ class BundleReader:
             raise VersionGoneError(f"{relpath} of version {pinned.version} vanished", path=relpath) from exc
         except OSError as exc:
             raise BundleIntegrityError(f"cannot open {relpath}: {exc.strerror}", path=relpath) from exc
-        handle = OpenFile(fd, relpath, entry.sha256, entry.size, self._verified)
-        if handle.disk_size != entry.size:
-            handle.close()
-            raise BundleIntegrityError(f"{relpath} has a different size than its manifest entry", path=relpath)
-        return handle
+        try:
+            identity = identity_of(os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return OpenFile(
+            fd=fd,
+            task_id=pinned.task_id,
+            version=pinned.version,
+            directory=pinned.directory,
+            relpath=relpath,
+            sha256=entry.sha256,
+            size=entry.size,
+            identity=identity,
+            verifier=self.verifier,
+        )
 
     def read_file(self, pinned: PinnedVersion, relpath: str) -> bytes:
         """The whole file, checked against the manifest's sha256 (used for the small JSON documents)."""
         handle = self.open_file(pinned, relpath)
         try:
-            return b"".join(handle.chunks())
+            return handle.read_all()
         finally:
             handle.close()
 
@@ -277,6 +257,35 @@ class BundleReader:
         data = self.read_file(pinned, relpath)
         validate_json(model, data, relpath)
         return data, pinned.manifest.files[relpath].sha256
+
+    def sota_factors(self, pinned: PinnedVersion) -> SotaFactorsDoc:
+        return cast(SotaFactorsDoc, validate_json(SotaFactorsDoc, self.read_file(pinned, SOTA_FACTORS), SOTA_FACTORS))
+
+    def corrupt_files(self, pinned: PinnedVersion) -> list[str]:
+        """Files of this version found damaged and not repaired since; a file rewritten since is checked again."""
+        damaged = []
+        for relpath, identity in sorted(self.verifier.known_corrupt(pinned.directory).items()):
+            try:
+                now = identity_of(os.stat(os.path.join(pinned.directory, relpath), follow_symlinks=False))
+            except FileNotFoundError:
+                continue
+            if now == identity:
+                damaged.append(relpath)
+                continue
+            try:
+                self._recheck(pinned, relpath)
+            except BundleCorruptError:
+                damaged.append(relpath)
+            except (VersionGoneError, AssetNotFoundError):
+                continue
+        return damaged
+
+    def _recheck(self, pinned: PinnedVersion, relpath: str) -> None:
+        handle = self.open_file(pinned, relpath)
+        try:
+            self.verifier.check(handle)
+        finally:
+            handle.close()
 
     # ------------------------------------------------------------------ consumer keys
 
@@ -304,7 +313,7 @@ class BundleReader:
             claim(weight_key, manifest.primary_assets.get("model_weight"))
         claim("factor_entry.py", manifest.primary_assets.get("factor_entry"))
         if SOTA_FACTORS in manifest.files:
-            doc = validate_json(SotaFactorsDoc, self.read_file(pinned, SOTA_FACTORS), SOTA_FACTORS)
+            doc = self.sota_factors(pinned)
             for factor in doc.factors:
                 claim(factor.file_dict_key, doc.code_relpaths.get(factor.name))
         return table
@@ -322,110 +331,10 @@ class BundleReader:
             return key
         raise AssetNotFoundError(f"no asset {key!r} in the bundle of {pinned.task_id}", path=key)
 
-    # ------------------------------------------------------------------ listing
-
-    def summary(self, pinned: PinnedVersion) -> TaskSummary:
-        """Per-task row of ``/tasks`` (memoised per version)."""
-        return self.memo(pinned, "summary", lambda: self._summary(pinned))
-
-    def _summary(self, pinned: PinnedVersion) -> TaskSummary:
-        doc = validate_json(SotaFactorsDoc, self.read_file(pinned, SOTA_FACTORS), SOTA_FACTORS)
-        manifest = pinned.manifest
-        return TaskSummary(
-            task_id=pinned.task_id,
-            generated_at_utc=manifest.generated_at_utc,
-            selection_ready=manifest.selection_ready,
-            factor_count=len(doc.factors),
-            content_hash=manifest.content_hash,
-            version=pinned.version,
-        )
-
-    def listing(self) -> TaskListing:
-        """Every published task, newest first (``generated_at_utc``, then ``task_id``); broken ones reported."""
-        summaries, problems = [], []
-        for task_id in self.task_ids():
-            try:
-                summaries.append(self.summary(self.pin(task_id)))
-            except TaskNotFoundError:
-                continue
-            except RdAssetsError as exc:
-                problems.append((task_id, exc))
-        summaries.sort(key=lambda s: (s.generated_at_utc, s.task_id), reverse=True)
-        return TaskListing(summaries, problems)
-
-
-class BundleTar:
-    """A deterministic tar of one pinned version: every file opened up front, total length known in advance.
-
-    Members are ``<task_id>/<relpath>`` for ``manifest.json`` and every manifest file, in sorted order, with
-    mtime 0, uid/gid 0, empty owner names and mode 0644 (PAX format for long or non-ASCII names).
-    """
-
-    def __init__(self, reader: BundleReader, pinned: PinnedVersion) -> None:
-        self._files: list[tuple[bytes, OpenFile | bytes]] = []
-        try:
-            for relpath in sorted([MANIFEST, *pinned.manifest.files]):
-                body: OpenFile | bytes = (
-                    pinned.manifest_bytes if relpath == MANIFEST else reader.open_file(pinned, relpath)
-                )
-                self._files.append((self._header(f"{pinned.task_id}/{relpath}", _size(body)), body))
-        except BaseException:
-            self.close()
-            raise
-        payload = sum(len(h) + _padded(_size(b)) for h, b in self._files) + 2 * tarfile.BLOCKSIZE
-        self.length = payload + (-payload % tarfile.RECORDSIZE)
-
-    @staticmethod
-    def _header(name: str, size: int) -> bytes:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = size, TAR_MTIME, 0o644
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
-
-    def chunks(self) -> Iterator[bytes]:
-        try:
-            sent = 0
-            for header, body in self._files:
-                yield header
-                sent += len(header)
-                parts = [body] if isinstance(body, bytes) else body.chunks()
-                for part in parts:
-                    sent += len(part)
-                    yield part
-                pad = -_size(body) % tarfile.BLOCKSIZE
-                sent += pad
-                yield b"\0" * pad
-            yield b"\0" * (self.length - sent)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        for _, body in self._files:
-            if isinstance(body, OpenFile):
-                body.close()
-
 
 def _remember(cache: dict[tuple, _V], key: tuple, value: _V) -> None:
     """Bounded memo of per-version facts (oldest entry evicted first); version dirs are immutable."""
-    while len(cache) >= _CACHE_MAX:
-        cache.pop(next(iter(cache)), None)
-    cache[key] = value
-
-
-def _size(body: OpenFile | bytes) -> int:
-    return len(body) if isinstance(body, bytes) else body.size
-
-
-def _padded(size: int) -> int:
-    return size + (-size % tarfile.BLOCKSIZE)
-
-
-@contextlib.contextmanager
-def closing_on_error(handle: OpenFile | BundleTar) -> Iterator[None]:
-    """Close a handle if building the response fails before the body takes ownership of it."""
-    try:
-        yield
-    except BaseException:
-        handle.close()
-        raise
+    with _CACHE_LOCK:
+        while len(cache) >= _CACHE_MAX:
+            cache.pop(next(iter(cache)), None)
+        cache[key] = value

@@ -19,27 +19,25 @@ This module stays free of uvicorn imports so that ``rd-assets`` can build its fl
 from __future__ import annotations
 
 import asyncio
-import math
-from dataclasses import dataclass, field, fields
 from http import HTTPStatus
 from typing import Any
 
 import anyio
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rd_assets.api.responses import error_envelope
 
-WHY = "why"
-"""Field metadata key holding each limit's one-line reason (also the ``rd-assets serve`` flag's help)."""
-
 
 def _limit(default: float, why: str) -> Any:
-    return field(default=default, metadata={WHY: why})
+    """A positive, finite limit; ``why`` is its one-line reason (also the ``rd-assets serve`` flag's help)."""
+    return Field(default, gt=0, allow_inf_nan=False, description=why)
 
 
-@dataclass(frozen=True)
-class ApiLimits:
+class ApiLimits(BaseModel):
     """Every limit of the API in one place; ``rd-assets serve --<field-name-with-dashes>`` overrides each."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_head_bytes: int = _limit(
         32 * 1024, "request line + headers held before the token check; real clients send under 2 KiB (431)"
@@ -52,12 +50,6 @@ class ApiLimits:
     head_timeout: float = _limit(10.0, "seconds to receive a request head, from connect or its first byte (408)")
     handler_timeout: float = _limit(30.0, "seconds a route may take to start its answer; streaming is not cut (503)")
     send_timeout: float = _limit(60.0, "seconds a download may wait on a client that reads nothing (aborted)")
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"API limit {f.name} must be a positive finite number, not {value!r}")
 
 
 def _refusal(status: int, code: str, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:

@@ -12,6 +12,13 @@ from pydantic import Field
 
 from rd_assets.core.contracts.artifact_models import BasedFactorEntry
 from rd_assets.core.contracts.models import Contract, Document, SnapshotCandidate
+from rd_assets.core.contracts.status_models import TaskFailure
+
+TaskState = Literal["ready", "published_not_ready", "failed", "unknown"]
+"""ready: a published bundle with ``selection_ready``; published_not_ready: published, not ready (see ``reasons``);
+failed: the last extraction failed (see ``failure``; an older bundle may still be published); unknown: never seen."""
+ListedState = Literal["ready", "published_not_ready", "failed"]
+"""The states ``/tasks`` lists and filters by (an unknown task has nothing to list)."""
 
 
 class ErrorBody(Contract):
@@ -36,12 +43,27 @@ class Health(Contract):
 
 
 class TaskSummary(Contract):
+    """What the store says about one task; the bundle fields are null when nothing is published."""
+
     task_id: str
-    generated_at_utc: str
-    selection_ready: bool
-    factor_count: int = Field(description="number of SOTA factors in sota_factors.json")
-    content_hash: str
-    version: str = Field(description="the immutable version directory currently published")
+    state: TaskState
+    generated_at_utc: str | None = Field(None, description="when the published bundle was built")
+    selection_ready: bool | None = None
+    factor_count: int | None = Field(None, description="number of SOTA factors in sota_factors.json")
+    content_hash: str | None = None
+    version: str | None = Field(None, description="the immutable version directory currently published")
+    reasons: list[str] = Field(default_factory=list, description="why the published bundle is not selection-ready")
+    failure: TaskFailure | None = Field(None, description="why the last extraction failed (state failed)")
+    corrupt_files: list[str] = Field(
+        default_factory=list,
+        description="published files found not to match their manifest entry; they answer 500 bundle_corrupt",
+    )
+
+
+class TaskStatus(Document, TaskSummary):
+    """``/tasks/{task_id}/status``: one task's state, also for a failed or a never-seen task."""
+
+    ok: Literal[True] = True
 
 
 class TaskProblem(Contract):
@@ -51,10 +73,12 @@ class TaskProblem(Contract):
 
 class TaskList(Document):
     ok: Literal[True] = True
-    total: int = Field(description="published tasks before limit/offset")
+    total: int = Field(description="tasks in the requested state before limit/offset")
     limit: int
     offset: int
-    tasks: list[TaskSummary] = Field(description="newest first: generated_at_utc, then task_id, descending")
+    tasks: list[TaskSummary] = Field(
+        description="newest first: generated_at_utc (failed_at_utc when never published), then task_id, descending"
+    )
     problems: list[TaskProblem] = Field(description="store entries that could not be read (never silently dropped)")
 
 

@@ -1,19 +1,27 @@
-"""``rd-assets extract LOG_DIR --store DIR``: publish one task's bundle and say what went into it."""
+"""``rd-assets extract LOG_DIR --store DIR``: publish one task's bundle and say what went into it.
+
+It also keeps the store's failure record of the task in step (:mod:`rd_assets.core.bundle.task_status`): a
+failure caused by the session is recorded, a publication clears it, so the API can tell failed from never seen.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from rd_assets.cli.common import add_command, add_index_options, fail, open_index, print_json, print_lines
 from rd_assets.core.artifacts.path_map import PathMap
 from rd_assets.core.bundle.extract import ExtractOutcome, extract_task, refuse_inside
+from rd_assets.core.bundle.task_status import clear_failure, is_task_failure, record_failure
 from rd_assets.core.contracts.artifact_models import FactorOrder
 from rd_assets.core.contracts.bundle_models import FACTOR_ORDER, SOTA_FACTORS, ExtractResult, SotaFactorsDoc
 from rd_assets.core.contracts.models import ErrorInfo
 from rd_assets.core.errors import RdAssetsError
+from rd_assets.core.session.fingerprint import session_fingerprint
 from rd_assets.core.session.index import default_index_path
 from rd_assets.core.session.task_reader import signing_key_from_env
+from rd_assets.core.task_ids import is_task_id
 
 
 def _positive(text: str) -> int:
@@ -146,6 +154,24 @@ def _result(args: argparse.Namespace, outcome: ExtractOutcome | None, error: RdA
     )
 
 
+def _fingerprint(log_dir: Path) -> str | None:
+    """The session fingerprint now (stat only), or None when the log dir cannot even be listed."""
+    try:
+        return session_fingerprint(log_dir).token
+    except (RdAssetsError, OSError):
+        return None
+
+
+def _record_status(args: argparse.Namespace, outcome: ExtractOutcome | None, error: RdAssetsError | None) -> None:
+    """Record a failure the session caused, or clear the record once the task published (raises if it cannot)."""
+    if outcome is not None:
+        clear_failure(args.store, outcome.content.task_id)
+        return
+    task_id = Path(os.path.abspath(args.log_dir)).name
+    if error is not None and is_task_failure(error) and is_task_id(task_id):
+        record_failure(args.store, task_id, error, fingerprint=_fingerprint(args.log_dir))
+
+
 def run(args: argparse.Namespace) -> int:
     outcome, error = None, None
     index = None
@@ -168,8 +194,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if index is not None:
             index.close()
+    status_error = None
+    try:
+        _record_status(args, outcome, error)
+    except RdAssetsError as exc:
+        status_error = exc
     if args.json:
         print_json(_result(args, outcome, error))
     elif outcome is not None:
         print_lines(render_summary(outcome))
-    return fail(error) if error is not None else 0
+    codes = [fail(e) for e in (error, status_error) if e is not None]
+    return codes[0] if codes else 0

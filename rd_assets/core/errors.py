@@ -149,6 +149,12 @@ class BundleStoreError(RdAssetsError):
     code = "bundle_store"
 
 
+class TaskStatusError(RdAssetsError):
+    """A task's status record in the store cannot be written, or is not a readable :class:`TaskFailure`."""
+
+    code = "task_status_unreadable"
+
+
 class InvalidPathMapError(RdAssetsError):
     """A ``--path-map`` rule is not ``FROM=TO`` with two absolute paths."""
 

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from fastapi import FastAPI
 
+from rd_assets.api.app import create_app
+from rd_assets.api.settings import ENV_PREFIX, TOKEN_ENV, ApiSettings
 from rd_assets.core.artifacts.path_map import PathMap
 from rd_assets.core.bundle.assemble import BundleContent, content_hash, file_entries, json_bytes
 from rd_assets.core.bundle.extract import extract_task
@@ -72,6 +75,11 @@ def with_weight(content: BundleContent, weight: bytes, *, generated_at_utc: str 
     return BundleContent(task_id=content.task_id, files=files, manifest=manifest)
 
 
+def app_for(store: Path, *, token: str | None = None) -> FastAPI:
+    """The API over ``store`` in this process, as ``rd-assets serve`` builds it (token set or none)."""
+    return create_app(ApiSettings(store=store, api_token=token))
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -82,6 +90,11 @@ def free_port() -> int:
 class Server:
     base_url: str
     pid: int
+    output: Path
+    """Everything the server wrote to stdout and stderr (uvicorn's log and the API's own)."""
+
+    def log(self) -> str:
+        return self.output.read_text(errors="replace")
 
 
 @contextlib.contextmanager
@@ -95,27 +108,27 @@ def serving(
     Its output goes to a temporary file (a pipe nobody drains could fill up and stall the server).
     """
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RD_ASSETS_API_TOKEN"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     if token is not None:
-        env["RD_ASSETS_API_TOKEN"] = token
+        env[TOKEN_ENV] = token
     cmd = [str(RD_ASSETS), "serve", "--store", str(store), "--port", str(port), "--log-level", log_level, *args]
-    with tempfile.TemporaryFile() as output:
-        proc = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT)
+    with tempfile.TemporaryDirectory(prefix="rd-assets-serve-") as tmp:
+        output = Path(tmp) / "server.log"
+        with output.open("wb") as sink:
+            proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
         try:
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 20
             while True:
                 if proc.poll() is not None:
-                    output.seek(0)
-                    said = output.read().decode(errors="replace")
-                    raise RuntimeError(f"server exited with {proc.returncode}: {said}")
+                    raise RuntimeError(f"server exited with {proc.returncode}: {output.read_text(errors='replace')}")
                 with contextlib.suppress(httpx.TransportError):
                     if httpx.get(f"{base}/health", timeout=1).status_code == 200:
                         break
                 if time.monotonic() > deadline:
                     raise RuntimeError("server did not answer /health within 20 s")
                 time.sleep(0.05)
-            yield Server(base, proc.pid)
+            yield Server(base, proc.pid, output)
         finally:
             stop(proc)
 

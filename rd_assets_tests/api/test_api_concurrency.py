@@ -21,12 +21,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from rd_assets.api.app import PIN_ATTEMPTS, create_app
 from rd_assets.api.bundle_reader import BundleReader, OpenFile, PinnedVersion
+from rd_assets.api.routers.common import PIN_ATTEMPTS
 from rd_assets.core.bundle.assemble import content_hash, file_entries
 from rd_assets.core.bundle.store import publish_bundle
 from rd_assets.core.contracts.bundle_models import MANIFEST, Manifest
-from rd_assets_tests.api.support import PLAIN_TASK, extract_samples, serving, with_weight
+from rd_assets_tests.api.support import PLAIN_TASK, app_for, extract_samples, serving, with_weight
 
 DURATION_S = 3.0
 CLIENTS = 8
@@ -136,7 +136,7 @@ def test_version_pruned_between_pin_and_open_is_retried(tmp_path: Path, monkeypa
         return original_open(self, pinned, relpath)
 
     monkeypatch.setattr(BundleReader, "open_file", open_after_a_prune)
-    client = TestClient(create_app(store))
+    client = TestClient(app_for(store))
     first = client.get(f"/tasks/{PLAIN_TASK}/asset_bytes", params={"key": "model.pkl"})
     assert first.status_code == 200 and first.content == bytes([0]) * 1000
     assert first.headers["etag"] == f'"{hashlib.sha256(first.content).hexdigest()}"'

@@ -15,12 +15,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from rd_assets.api.app import create_app
-from rd_assets_tests.api.support import extract_samples
+from rd_assets_tests.api.support import app_for, extract_samples
 
 STORE = Path(tempfile.mkdtemp(prefix="rd-assets-schemathesis-"))
 atexit.register(shutil.rmtree, STORE, True)  # also when collection happens but the module's tests are deselected
-schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(STORE))
+schema = schemathesis.openapi.from_asgi("/openapi.json", app_for(STORE))
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -23,8 +23,11 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from rd_assets.api.app import create_app
+from rd_assets.api.limits import ApiLimits
+from rd_assets.api.security import SCHEME_NAME
+from rd_assets.api.settings import ApiSettings
 from rd_assets.core.contracts.bundle_models import MANIFEST
-from rd_assets_tests.api.support import PLAIN_TASK, SAMPLE_TASKS, SIGNED_TASK, extract_samples, free_port, stop
+from rd_assets_tests.api.support import PLAIN_TASK, SAMPLE_TASKS, SIGNED_TASK, app_for, extract_samples, free_port, stop
 
 CANARY = "canary-secret-7f3a9c"
 ROUTES = (
@@ -41,6 +44,17 @@ ROUTES = (
     "/openapi.json",
     "/docs",
     "/nowhere",
+)
+
+ROUTE_TEMPLATES = (
+    "/tasks/{task_id}",
+    "/tasks/{task_id}/session_anchor",
+    "/tasks/{task_id}/sota_factor_anchor",
+    "/tasks/{task_id}/sota_factors",
+    "/tasks/{task_id}/factor_order",
+    "/tasks/{task_id}/model_meta",
+    "/tasks/{task_id}/asset_bytes",
+    "/tasks/{task_id}/bundle.tar",
 )
 
 # Query values exactly as they travel on the wire (percent-encoding included on purpose).
@@ -235,7 +249,7 @@ def test_traversal_corpus_against_audited_server(store: Path, tmp_path: Path) ->
 
 
 def test_only_get_routes_exist(store: Path) -> None:
-    app = create_app(store)
+    app = app_for(store)
     methods = set()
     for route in app.routes:
         methods |= set(getattr(route, "methods", None) or ())
@@ -244,7 +258,7 @@ def test_only_get_routes_exist(store: Path) -> None:
 
 
 def test_no_cors_by_default(store: Path) -> None:
-    client = TestClient(create_app(store))
+    client = TestClient(app_for(store))
     origin = {"Origin": "https://evil.example"}
     preflight = client.options(f"/tasks/{PLAIN_TASK}", headers={**origin, "Access-Control-Request-Method": "GET"})
     assert preflight.status_code == 405
@@ -255,7 +269,7 @@ def test_no_cors_by_default(store: Path) -> None:
 
 
 def test_bearer_token_guards_every_route_but_health(store: Path) -> None:
-    client = TestClient(create_app(store, token="s3cret-token"))
+    client = TestClient(app_for(store, token="s3cret-token"))
     assert client.get("/health").status_code == 200
     for route in ROUTES:
         for headers in (
@@ -284,7 +298,7 @@ def test_bearer_token_guards_every_route_but_health(store: Path) -> None:
 @pytest.mark.parametrize("token", ["", " ", "a b", "tok\n"])
 def test_blank_or_spaced_tokens_are_refused(store: Path, token: str) -> None:
     with pytest.raises(ValueError, match="RD_ASSETS_API_TOKEN"):
-        create_app(store, token=token)
+        app_for(store, token=token)
 
 
 def copy_store(store: Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -306,7 +320,7 @@ def test_task_link_pointing_outside_the_store_is_refused(store: Path, tmp_path: 
     shutil.copytree(version, outside)
     (copy / PLAIN_TASK).unlink()
     (copy / PLAIN_TASK).symlink_to(outside)
-    client = TestClient(create_app(copy))
+    client = TestClient(app_for(copy))
     for url in (f"/tasks/{PLAIN_TASK}", f"/tasks/{PLAIN_TASK}/asset_bytes?key=model.pkl"):
         assert_refused(client, url, "bundle_integrity")
     listing = client.get("/tasks").json()
@@ -319,7 +333,7 @@ def test_version_dir_symlinked_elsewhere_is_refused(store: Path, tmp_path: Path)
     outside = tmp_path / "outside"
     shutil.move(version, outside)
     version.symlink_to(outside)
-    assert_refused(TestClient(create_app(copy)), f"/tasks/{PLAIN_TASK}/sota_factor_anchor", "bundle_integrity")
+    assert_refused(TestClient(app_for(copy)), f"/tasks/{PLAIN_TASK}/sota_factor_anchor", "bundle_integrity")
 
 
 def test_symlinked_file_inside_a_version_is_not_followed(store: Path, tmp_path: Path) -> None:
@@ -327,7 +341,7 @@ def test_symlinked_file_inside_a_version_is_not_followed(store: Path, tmp_path: 
     victim = version / "factors" / "Volatility_5D.py"
     victim.unlink()
     victim.symlink_to(tmp_path / "canary.txt")
-    client = TestClient(create_app(copy))
+    client = TestClient(app_for(copy))
     assert_refused(client, f"/tasks/{PLAIN_TASK}/asset_bytes?key=factors/Volatility_5D.py", "bundle_integrity")
     assert_refused(client, f"/tasks/{PLAIN_TASK}/bundle.tar", "bundle_integrity")
 
@@ -337,7 +351,40 @@ def test_manifest_listing_a_traversing_relpath_is_refused(store: Path, tmp_path:
     manifest = json.loads((version / MANIFEST).read_text())
     manifest["files"]["../../../canary.txt"] = {"sha256": "0" * 64, "size": len(CANARY)}
     (version / MANIFEST).write_text(json.dumps(manifest))
-    client = TestClient(create_app(copy))
+    client = TestClient(app_for(copy))
     r = client.get(f"/tasks/{PLAIN_TASK}/asset_bytes", params={"key": "../../../canary.txt"})
     assert r.status_code == 422 and CANARY not in r.text
     assert_refused(client, f"/tasks/{PLAIN_TASK}/bundle.tar", "bundle_store")
+
+
+def test_openapi_declares_the_bearer_scheme_on_every_protected_route(store: Path) -> None:
+    good = {"Authorization": "Bearer s3cret-token"}
+    client = TestClient(app_for(store, token="s3cret-token"))
+    assert client.get("/openapi.json").status_code == 401
+    spec = client.get("/openapi.json", headers=good).json()
+    schemes = spec["components"]["securitySchemes"]
+    assert list(schemes) == [SCHEME_NAME] and schemes[SCHEME_NAME]["type"] == "http"
+    assert schemes[SCHEME_NAME]["scheme"] == "bearer"
+    operations = {(path, method): op for path, ops in spec["paths"].items() for method, op in ops.items()}
+    assert {path for path, _ in operations} >= {"/health", "/tasks", "/tasks/{task_id}/status", *ROUTE_TEMPLATES}
+    for (path, _), op in operations.items():
+        if path == "/health":
+            assert "security" not in op
+        else:
+            assert op["security"] == [{SCHEME_NAME: []}], path
+            assert "401" in op["responses"], path
+    unguarded = TestClient(app_for(store)).get("/openapi.json").json()
+    assert "securitySchemes" not in unguarded.get("components", {})
+    assert not [op for ops in unguarded["paths"].values() for op in ops.values() if "security" in op]
+
+
+def test_limits_are_checked_before_the_token(store: Path) -> None:
+    limits = ApiLimits(max_header_count=8, max_url_bytes=256)
+    client = TestClient(create_app(ApiSettings(store=store, api_token="s3cret-token", limits=limits)))
+    many = {f"X-H{i}": "v" for i in range(10)}
+    r = client.get("/tasks", headers=many)
+    assert r.status_code == 431 and r.json()["error"]["code"] == "too_many_headers"
+    r = client.get("/tasks?pad=" + "u" * 300)
+    assert r.status_code == 414 and r.json()["error"]["code"] == "uri_too_long"
+    assert client.get("/tasks").status_code == 401
+    assert client.get("/tasks", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200

@@ -77,19 +77,38 @@ def test_token_from_environment(store: Path) -> None:
     assert not pid_alive(server.pid)
 
 
-def test_corrupted_bytes_are_cut_off_not_delivered(store: Path, tmp_path: Path) -> None:
-    """Headers promise the manifest's hash; bytes that do not match it abort the response mid-stream."""
+def test_a_corrupt_file_answers_500_logs_one_line_and_recovers(store: Path, tmp_path: Path) -> None:
+    """Bytes that no longer match the manifest: a JSON 500 before any byte, one log line, /tasks marks the task;
+    the file written back is served again."""
     copy = tmp_path / "store"
     shutil.copytree(store, copy, symlinks=True)
     weight = (copy / PLAIN_TASK).resolve() / "model.pkl"
-    data = bytearray(weight.read_bytes())
+    original = weight.read_bytes()
+    data = bytearray(original)
     data[-1] ^= 0x01
     weight.write_bytes(bytes(data))
+    asset = f"/tasks/{PLAIN_TASK}/asset_bytes"
     with serving(copy) as server, httpx.Client(base_url=server.base_url, timeout=10) as client:
-        with pytest.raises(httpx.RemoteProtocolError):
-            client.get(f"/tasks/{PLAIN_TASK}/asset_bytes", params={"key": "model.pkl"})
+        for _ in range(2):
+            r = client.get(asset, params={"key": "model.pkl"})
+            assert r.status_code == 500 and r.headers["content-type"] == "application/json", r.text
+            assert r.json()["error"]["code"] == "bundle_corrupt" and "model.pkl" in r.json()["error"]["message"]
+        tar = client.get(f"/tasks/{PLAIN_TASK}/bundle.tar")
+        assert tar.status_code == 500 and tar.json()["error"]["code"] == "bundle_corrupt"
+        rows = {row["task_id"]: row for row in client.get("/tasks").json()["tasks"]}
+        assert rows[PLAIN_TASK]["corrupt_files"] == ["model.pkl"] and rows[SIGNED_TASK]["corrupt_files"] == []
         assert client.get("/health").status_code == 200
+
+        weight.write_bytes(original)
+        r = client.get(asset, params={"key": "model.pkl"})
+        assert r.status_code == 200 and r.content == original
+        assert client.get(f"/tasks/{PLAIN_TASK}/bundle.tar").status_code == 200
+        assert {row["task_id"]: row["corrupt_files"] for row in client.get("/tasks").json()["tasks"]}[PLAIN_TASK] == []
+        log = server.log()
     assert not pid_alive(server.pid)
+    lines = [line for line in log.splitlines() if "bundle_corrupt" in line]
+    assert len(lines) == 1 and "model.pkl" in lines[0] and PLAIN_TASK in lines[0], log
+    assert "Traceback" not in log, log
 
 
 def test_serve_refuses_a_missing_store_or_a_blank_token(store: Path, tmp_path: Path) -> None:

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from rd_assets.cli import main
+from rd_assets.core.bundle.task_status import read_failure
 from rd_assets.core.contracts.bundle_models import ExtractResult, VerifyReport
 from rd_assets.core.contracts.schemas import DOCUMENT_MODELS, SCHEMA_SUFFIX, schema_files
+from rd_assets.core.session.fingerprint import session_fingerprint
 from rd_assets_tests.bundle_testkit import GENERATED_TASK, SAMPLE_PATH_MAP, generated_task, tree_state
 from rd_assets_tests.conftest import PLAIN_TASK, RD_ASSETS, REPO_ROOT, SAMPLE_LOGS, SIGNED_TASK, expected_for
 
@@ -95,6 +97,30 @@ def test_bad_options_are_refused_before_anything_is_written(tmp_path: Path, caps
     assert tree_state(task.log_dir) == before
     with pytest.raises(SystemExit):
         main([*_extract_args(task.log_dir, tmp_path / "store"), "--keep-versions", "0"])
+
+
+def test_extract_records_a_failure_and_a_publication_clears_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A task whose session fails is recorded in the store (never in the log dir); publishing removes the record."""
+    store = tmp_path / "store"
+    broken = tmp_path / "log" / PLAIN_TASK
+    (broken / "__session__" / "0").mkdir(parents=True)
+    (broken / "__session__" / "0" / "0_direct_exp_gen").write_bytes(b"not a pickle")
+    before = tree_state(broken)
+    assert main(_extract_args(broken, store)) != 0
+    assert capsys.readouterr().err.startswith("error: no_snapshot: ")
+    record = read_failure(store, PLAIN_TASK)
+    assert record is not None and record.code == "no_snapshot" and record.path == str(broken)
+    assert record.fingerprint == session_fingerprint(broken).token
+    assert tree_state(broken) == before and not (store / PLAIN_TASK).exists()
+
+    assert main(_extract_args(broken, store, "--path-map", "relative=/x")) != 0  # the options, not the task
+    assert "invalid_path_map" in capsys.readouterr().err
+    assert read_failure(store, PLAIN_TASK) == record
+
+    assert main(_extract_args(SAMPLE_LOGS / PLAIN_TASK, store, "--path-map", SAMPLE_PATH_MAP)) == 0
+    assert read_failure(store, PLAIN_TASK) is None and (store / PLAIN_TASK).is_symlink()
 
 
 def test_verify_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from rd_assets.core.contracts.artifact_models import FactorOrder, ModelMeta
 from rd_assets.core.contracts.bundle_models import ExtractReport, ExtractResult, Manifest, SotaFactorsDoc, VerifyReport
 from rd_assets.core.contracts.models import InspectResult, SnapshotSelection, SotaFactorExperiment
+from rd_assets.core.contracts.status_models import TaskFailure
 
 SCHEMA_SUFFIX = ".schema.json"
 
@@ -28,6 +29,7 @@ DOCUMENT_MODELS: tuple[type[BaseModel], ...] = (
     SnapshotSelection,
     SotaFactorExperiment,
     InspectResult,
+    TaskFailure,
 )
 
 
