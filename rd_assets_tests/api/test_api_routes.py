@@ -306,7 +306,7 @@ def test_tampered_file_is_never_served_as_valid(tmp_path: Path, published: Publi
     assert client.get(url, params={"key": "model.pkl"}).status_code == 200
 
     order = version / "factor_order.json"
-    order.write_bytes(order.read_bytes().replace(b'"1.1"', b'"9.9"', 1))
+    order.write_bytes(order.read_bytes().replace(f'"{SCHEMA_VERSION}"'.encode(), b'"9.9"', 1))
     weight = version / "model.pkl"
     data = bytearray(weight.read_bytes())
     data[100] ^= 0xFF
