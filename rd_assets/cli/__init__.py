@@ -9,7 +9,16 @@ from collections.abc import Sequence
 
 from rd_assets import __version__
 
-SUBCOMMANDS = ("inspect_cmd", "extract_cmd", "verify_cmd", "schema_cmd", "serve_cmd")
+SUBCOMMANDS = (
+    "inspect_cmd",
+    "extract_cmd",
+    "verify_cmd",
+    "schema_cmd",
+    "serve_cmd",
+    "pull_cmd",
+    "compute_factors_cmd",
+    "score_cmd",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
