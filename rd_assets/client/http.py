@@ -1,7 +1,7 @@
 """HTTP access to a Results API (``rd-assets serve``): retries, typed errors, conditional and ranged GETs.
 
 Transient failures (connection refused or reset, timeouts, a body cut short, ``429``/``502``/``503``/``504``) are
-retried with exponential backoff and jitter (tenacity), honouring ``Retry-After``; everything else is a typed error
+retried with exponential backoff and full jitter (tenacity), honouring ``Retry-After``; everything else is a typed error
 at once: :class:`ApiRequestError` carries the API's own error code (``task_not_found``, ``unauthorized`` ...),
 :class:`ApiUnreachableError` says the server never answered. Nothing here writes files; see
 :mod:`rd_assets.client.mirror`.
@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from rd_assets import __version__
 from rd_assets.core.errors import ApiRequestError, ApiUnreachableError
@@ -115,7 +115,7 @@ class ResultsClient:
         exc = state.outcome.exception() if state.outcome is not None else None
         if isinstance(exc, TransientHttpError) and exc.retry_after is not None:
             return exc.retry_after
-        return wait_exponential_jitter(initial=self.retry.initial_wait, max=self.retry.max_wait)(state)
+        return wait_random_exponential(multiplier=self.retry.initial_wait, max=self.retry.max_wait)(state)
 
     def retrying(self, attempt: Callable[[], _T], *, what: str) -> _T:
         """Run ``attempt`` until it succeeds or fails for good; transient failures end as typed errors."""

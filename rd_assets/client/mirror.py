@@ -40,7 +40,6 @@ from rd_assets.core.errors import BundleNotReadyError, BundleStoreError, Downloa
 from rd_assets.core.task_ids import is_task_id
 
 PARTIAL_DIR = ".partial"
-CHUNK = 1 << 20
 VERSION_ATTEMPTS = 3
 """How often a pull starts over when the server publishes a new version while it downloads."""
 CONTENT_HASH_HEADER = "x-rd-assets-content-hash"
@@ -131,7 +130,10 @@ class _Puller:
                 have = 0
             if have == entry.size:
                 return
-            headers = {"range": f"bytes={have}-", "if-range": _etag(entry.sha256)} if have else {}
+            # identity encoding: byte offsets of the body are byte offsets of the file
+            headers = {"accept-encoding": "identity"}
+            if have:
+                headers |= {"range": f"bytes={have}-", "if-range": _etag(entry.sha256)}
             params = {"key": relpath}
             with self.client.stream(
                 f"/tasks/{self.task_id}/asset_bytes", params=params, headers=headers, ok=(200, 206)
@@ -146,22 +148,26 @@ class _Puller:
                 with open(part, "r+b" if start else "wb") as fh:
                     fh.seek(start)
                     fh.truncate()
-                    for chunk in response.iter_bytes(CHUNK):
+                    for chunk in response.iter_bytes():  # as it arrives: a cut leaves every byte received on disk
                         fh.write(chunk)
                         self.progress.downloaded_bytes += len(chunk)
                     fh.flush()
                     os.fsync(fh.fileno())
 
-        self.client.retrying(attempt, what=f"GET {relpath}")
-        data = _read_verified(part, entry)
-        if data is None:
+        for _ in range(2):  # a resumed file that does not hash (a damaged .part) is fetched whole once more
+            resuming = part.exists()
+            self.client.retrying(attempt, what=f"GET {relpath}")
+            data = _read_verified(part, entry)
+            if data is not None:
+                self.progress.downloaded.append(relpath)
+                return data
             part.unlink(missing_ok=True)
-            raise DownloadIntegrityError(
-                f"downloaded bytes do not hash to the manifest's sha256 {entry.sha256[:12]} / size {entry.size}",
-                path=relpath,
-            )
-        self.progress.downloaded.append(relpath)
-        return data
+            if not resuming:
+                break
+        raise DownloadIntegrityError(
+            f"downloaded bytes do not hash to the manifest's sha256 {entry.sha256[:12]} / size {entry.size}",
+            path=relpath,
+        )
 
     def _files(self, manifest: Manifest, local: dict[str, Path]) -> dict[str, bytes]:
         self.partial.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rd_assets.consumer import compute_factors, load_bundle
+from rd_assets.consumer import load_bundle
 from rd_assets.consumer.bundle import Bundle
 from rd_assets.core.contracts.consumer_models import ScoreResult
 from rd_assets.core.errors import MissingFeaturesError
@@ -35,18 +35,6 @@ from rd_assets_tests.conftest import (
 )
 
 EXTRA = "turnover_not_a_model_input"
-
-
-@pytest.fixture(scope="module")
-def computed(sample_store: Path, market: tuple[Path, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Every sample's factors, computed once in the sandbox."""
-    out = {}
-    for task in SAMPLE_TASKS:
-        bundle = load_bundle(sample_store / task)
-        result = compute_factors(bundle, market[0])
-        assert result.report.ok, result.report.factors
-        out[task] = result.frame
-    return out
 
 
 def features_for(bundle: Bundle, factors: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
