@@ -33,7 +33,6 @@ from pydantic import ValidationError
 from rd_assets.client.http import ResultsClient
 from rd_assets.core.bundle.assemble import BundleContent, sha256_hex
 from rd_assets.core.bundle.store import check_relpath, current_version_dir, publish_bundle
-from rd_assets.core.bundle.verify import verify_bundle
 from rd_assets.core.contracts.bundle_models import MANIFEST, FileEntry, Manifest
 from rd_assets.core.contracts.consumer_models import PullResult
 from rd_assets.core.errors import BundleNotReadyError, BundleStoreError, DownloadIntegrityError
@@ -148,7 +147,11 @@ class _Puller:
                 with open(part, "r+b" if start else "wb") as fh:
                     fh.seek(start)
                     fh.truncate()
+                    room = entry.size - start
                     for chunk in response.iter_bytes():  # as it arrives: a cut leaves every byte received on disk
+                        room -= len(chunk)
+                        if room < 0:
+                            raise DownloadIntegrityError(f"the server sent more than {entry.size} bytes", path=relpath)
                         fh.write(chunk)
                         self.progress.downloaded_bytes += len(chunk)
                     fh.flush()
@@ -184,6 +187,8 @@ class _Puller:
 
     def _stage_and_verify(self, files: dict[str, bytes]) -> None:
         """Write the bundle into a staging directory and run the full ``verify`` on it before anything is swapped."""
+        from rd_assets.core.bundle.verify import verify_bundle  # loads numpy and the reader: not needed for a 304
+
         stage = self.partial / f"stage-{secrets.token_hex(6)}"
         try:
             for relpath, data in files.items():

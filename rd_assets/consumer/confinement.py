@@ -205,7 +205,8 @@ def apply_landlock(workdir: str, readable: Iterable[str]) -> int:
         for path in READABLE_SYSTEM_FILES:
             _add_rule(ruleset, path, FS_READ_FILE)
         _add_rule(ruleset, "/dev/null", FS_READ_FILE | FS_WRITE_FILE)
-        _add_rule(ruleset, f"/proc/{os.getpid()}", FS_READ_FILE | FS_READ_DIR)
+        # its own /proc entry as the mounted procfs names it (inside a PID namespace getpid() is another number)
+        _add_rule(ruleset, os.path.realpath("/proc/self"), FS_READ_FILE | FS_READ_DIR)
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
     finally:
