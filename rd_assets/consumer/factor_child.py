@@ -65,6 +65,8 @@ def _confine(config: dict[str, Any]) -> dict[str, Any]:
 
 def _run_factor() -> None:
     """``python factor.py`` in this process: a non-zero exit or an exception is the factor's failure."""
+    workdir = os.getcwd()
+    sys.argv = [FACTOR_FILE]
     try:
         runpy.run_path(FACTOR_FILE, run_name="__main__")
     except SystemExit as exc:
@@ -75,6 +77,8 @@ def _run_factor() -> None:
     except BaseException as exc:
         traceback.print_exc()
         raise FactorOutcome("factor_failed", f"{type(exc).__name__}: {exc}"[:2000]) from None
+    finally:
+        os.chdir(workdir)  # the output is looked for where RD-Agent looks: the workspace, wherever the code went
 
 
 def _aligned_values(name: str, index: Any) -> tuple[Any, int]:
