@@ -41,3 +41,4 @@ bench: install
 	$(BIN)/python bench/bench_factor_order.py
 	$(BIN)/python bench/bench_sensor.py
 	$(BIN)/python bench/bench_api.py
+	$(BIN)/python bench/bench_pull.py

@@ -23,10 +23,15 @@ for name in names:
 print(len(names))
 """
 
+CONSUMER_BLOCKED = ("dagster", "dagster_webserver", "fastapi", "uvicorn", "rd_assets.defs", "rd_assets.api")
+
 LAYERS = [
     ("rd_assets.core", ["dagster", "dagster_webserver", "fastapi", "uvicorn", "rd_assets.defs", "rd_assets.api"]),
     ("rd_assets.api", ["dagster", "dagster_webserver", "rd_assets.defs", "rd_assets.core.session"]),
     ("rd_assets.cli", ["dagster", "dagster_webserver", "rd_assets.defs"]),
+    # a consumer machine talks HTTP and reads bundles: no Dagster, no server stack
+    ("rd_assets.client", [*CONSUMER_BLOCKED]),
+    ("rd_assets.consumer", [*CONSUMER_BLOCKED]),
 ]
 
 

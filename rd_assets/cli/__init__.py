@@ -9,7 +9,16 @@ from collections.abc import Sequence
 
 from rd_assets import __version__
 
-SUBCOMMANDS = ("inspect_cmd", "extract_cmd", "verify_cmd", "schema_cmd", "serve_cmd")
+SUBCOMMANDS = (
+    "inspect_cmd",
+    "extract_cmd",
+    "verify_cmd",
+    "schema_cmd",
+    "serve_cmd",
+    "pull_cmd",
+    "compute_factors_cmd",
+    "score_cmd",
+)
 
 
 DESCRIPTION = """\
@@ -25,6 +34,9 @@ examples:
       --path-map /mnt/f/RD-Agent_workspace=/data/workspaces
   rd-assets verify bundles/2026-01-09_16-11-14-215581
   rd-assets serve --store bundles --port 8000
+  rd-assets pull --api http://127.0.0.1:8000 2026-01-09_16-11-14-215581 --dest mirror
+  rd-assets compute-factors mirror/2026-01-09_16-11-14-215581 --data daily_pv.h5 --out factors.parquet
+  rd-assets score mirror/2026-01-09_16-11-14-215581 --features features.parquet --top-k 50
 
 Every command takes --help; most take --json for scripts. Environment (RD_ASSETS_SIGNING_KEY,
 RD_ASSETS_INDEX, reader limits ...) and exit codes: see README.md. Exit code 0 ok, 2 a typed error."""

@@ -199,6 +199,78 @@ class ConfigParseError(RdAssetsError):
     code = "config_unparseable"
 
 
+# ------------------------------------------------------------------ consumer kit (client, loader, sandbox, scoring)
+
+
+class ApiUnreachableError(RdAssetsError):
+    """The Results API did not answer (connection refused, reset, timeout) after every retry."""
+
+    code = "api_unreachable"
+
+
+class ApiRequestError(RdAssetsError):
+    """The Results API refused a request; ``api_code`` is its own error code (``task_not_found``, ``unauthorized``)."""
+
+    code = "api_error"
+
+    def __init__(self, message: str, *, path: str | None = None, status: int = 0, api_code: str = "") -> None:
+        super().__init__(message, path=path)
+        self.status = status
+        self.api_code = api_code
+
+
+class DownloadIntegrityError(RdAssetsError):
+    """A downloaded file does not hash to the manifest, or the bundle changed on the server during the pull."""
+
+    code = "download_integrity"
+
+
+class BundleNotReadyError(RdAssetsError):
+    """The bundle says ``selection_ready: false``; it is used only when the caller asks for it explicitly."""
+
+    code = "bundle_not_ready"
+
+
+class ModelCodeUntrustedError(RdAssetsError):
+    """The torch network is the run's own (LLM-written) ``model.py``; it is imported only with ``trust_model_code``."""
+
+    code = "model_code_untrusted"
+
+
+class ModelLoadError(RdAssetsError):
+    """The bundle's model cannot be built (library missing, tensors not matching the network, unknown kind)."""
+
+    code = "model_unloadable"
+
+
+class MissingFeaturesError(RdAssetsError):
+    """Features the model was trained on are absent from the frame; nothing is padded. ``missing`` lists them."""
+
+    code = "missing_features"
+
+    def __init__(self, missing: list[str], *, path: str | None = None) -> None:
+        super().__init__(f"{len(missing)} model input(s) missing: {', '.join(missing)}", path=path)
+        self.missing = list(missing)
+
+
+class InvalidFeaturesError(RdAssetsError):
+    """A feature frame that cannot be scored: no (datetime, instrument) rows, duplicate names or rows, non-numbers."""
+
+    code = "invalid_features"
+
+
+class FactorDataError(RdAssetsError):
+    """The ``daily_pv.h5`` given to compute factors is unreadable or not qlib's (datetime, instrument) frame."""
+
+    code = "factor_data_invalid"
+
+
+class SandboxUnavailableError(RdAssetsError):
+    """The factor sandbox cannot confine code here (no network namespace or Landlock); nothing was run."""
+
+    code = "sandbox_unavailable"
+
+
 def error_classes() -> dict[str, type[RdAssetsError]]:
     """Every typed error by its code, so an error that crossed a process boundary comes back as its own class."""
     found: dict[str, type[RdAssetsError]] = {}

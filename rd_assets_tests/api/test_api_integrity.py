@@ -20,6 +20,7 @@ from starlette.types import Message
 from rd_assets.api.bundle_reader import BundleReader
 from rd_assets.api.streaming import StreamedBody
 from rd_assets.core.contracts.bundle_models import MANIFEST
+from rd_assets.core.contracts.models import SCHEMA_VERSION
 from rd_assets_tests.api.support import PLAIN_TASK, SAMPLE_TASKS, SIGNED_TASK, app_for, extract_samples
 
 FILE_ROUTES = (
@@ -75,7 +76,7 @@ def test_tampered_file_is_never_served_as_valid(store: Path) -> None:
     assert client.get(url, params={"key": "model.pkl"}).status_code == 200
 
     order = version / "factor_order.json"
-    order.write_bytes(order.read_bytes().replace(b'"1.1"', b'"9.9"', 1))
+    order.write_bytes(order.read_bytes().replace(f'"{SCHEMA_VERSION}"'.encode(), b'"9.9"', 1))
     data = bytearray(flip_a_byte(version / "model.pkl"))
     data[100] ^= 0xFF
     assert_corrupt(client.get(f"/tasks/{PLAIN_TASK}/factor_order"), "factor_order.json")

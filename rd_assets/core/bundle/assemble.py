@@ -17,6 +17,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import PurePath
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
@@ -24,6 +25,7 @@ from pydantic import BaseModel
 from rd_assets import __version__
 from rd_assets.core.contracts.artifact_models import FactorOrder, ModelMeta
 from rd_assets.core.contracts.bundle_models import (
+    CONFIG_DIR,
     EXTRACT_REPORT,
     FACTOR_ENTRY,
     FACTOR_ORDER,
@@ -32,10 +34,12 @@ from rd_assets.core.contracts.bundle_models import (
     MODEL_PY,
     MODEL_SAFETENSORS,
     MODEL_TXT,
+    SELECTION_RELPATH_ROLES,
     SOTA_FACTORS,
     ExtractReport,
     FileEntry,
     Manifest,
+    PrimaryAssets,
     SessionAnchor,
     SotaFactorAnchor,
     SotaFactorsDoc,
@@ -131,6 +135,59 @@ def _model_py(anchor: SotaFactorExperiment) -> tuple[str | None, str | None]:
     return publishable_code(anchor.model_py, anchor.model_py_problem or "no model.py in the session")
 
 
+def config_relpath(config_name: str) -> str:
+    """Where the executed config's YAML text is published (its name is one of the runner's fixed config names)."""
+    return f"{CONFIG_DIR}/{config_name}"
+
+
+def _executed_config(anchor: SotaFactorExperiment, factor_order: FactorOrder) -> tuple[str, bytes] | None:
+    """(relpath, UTF-8 bytes) of the config qrun ran, exactly as the session holds it (Jinja and all), if known."""
+    name = factor_order.config_name
+    text = anchor.experiment_workspace_yaml.get(name) if name is not None else None
+    code = publishable_code(text, "no config text")[0]
+    if name is None or code is None:
+        return None
+    return config_relpath(name), code.encode("utf-8")
+
+
+def selection_factor_order(
+    factor_order: FactorOrder, *, selection: SnapshotSelection, anchor: SotaFactorExperiment
+) -> FactorOrder:
+    """``factor_order`` with the selection system's names filled in beside ours (same values, see the contract)."""
+    source = factor_order.dynamic_source
+    return factor_order.model_copy(
+        update={
+            "factor_order": factor_order.model_input_order,
+            "dynamic_factor_count": factor_order.dynamic_count,
+            "source_file": PurePath(source).name if source else None,
+            "task_run_id": anchor.task_run_id,
+            "loop_id": selection.chosen_loop_idx,
+        }
+    )
+
+
+def primary_assets(files: Mapping[str, bytes], weight_key: str | None, config: str | None) -> PrimaryAssets:
+    """Every role's relpath (None when absent), then the same under the selection system's ``*_relpath`` keys."""
+
+    def present(relpath: str) -> str | None:
+        return relpath if relpath in files else None
+
+    ours: dict[str, str | None] = {
+        "model_weight": weight_key,
+        "model_txt": present(MODEL_TXT),
+        "model_safetensors": present(MODEL_SAFETENSORS),
+        "model_py": present(MODEL_PY),
+        "sota_factors": SOTA_FACTORS,
+        "factor_order": FACTOR_ORDER,
+        "model_meta": MODEL_META,
+        "factor_entry": present(FACTOR_ENTRY),
+        "extract_report": EXTRACT_REPORT,
+    }
+    theirs = {key: ours[role] if role is not None else None for key, role in SELECTION_RELPATH_ROLES.items()}
+    theirs["config_relpath"] = config
+    return PrimaryAssets(**ours, **theirs)  # type: ignore[typeddict-item]
+
+
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -174,7 +231,10 @@ def assemble_bundle(
         code_relpaths=code_relpaths,
     )
     _put(files, SOTA_FACTORS, json_bytes(sota))
-    _put(files, FACTOR_ORDER, json_bytes(factor_order))
+    _put(files, FACTOR_ORDER, json_bytes(selection_factor_order(factor_order, selection=selection, anchor=anchor)))
+    config = _executed_config(anchor, factor_order)
+    if config is not None:
+        _put(files, *config)
     _put(files, MODEL_META, json_bytes(model_meta))
     _put(files, EXTRACT_REPORT, json_bytes(report.model_copy(update={"run": None})))
     for relpath, data in sorted(factor_code.files.items()):
@@ -210,17 +270,8 @@ def assemble_bundle(
             factor_file_dict_keys=index.factor_file_dict_keys,
             based_factor_entries=index.based_factor_entries,
         ),
-        primary_assets={
-            "model_weight": weight_key,
-            "model_txt": MODEL_TXT if MODEL_TXT in files else None,
-            "model_safetensors": MODEL_SAFETENSORS if MODEL_SAFETENSORS in files else None,
-            "model_py": MODEL_PY if MODEL_PY in files else None,
-            "sota_factors": SOTA_FACTORS,
-            "factor_order": FACTOR_ORDER,
-            "model_meta": MODEL_META,
-            "factor_entry": FACTOR_ENTRY if FACTOR_ENTRY in files else None,
-            "extract_report": EXTRACT_REPORT,
-        },
+        loop_id=selection.chosen_loop_idx,
+        primary_assets=primary_assets(files, weight_key, config[0] if config is not None else None),
         files=entries,
         selection_ready=not reasons,
         reasons=reasons,

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from pydantic import BaseModel, ValidationError
 
 from rd_assets.core.artifacts.order_rules import combine_order
-from rd_assets.core.bundle.assemble import content_hash, file_entries, sha256_hex
+from rd_assets.core.bundle.assemble import config_relpath, content_hash, file_entries, sha256_hex
 from rd_assets.core.bundle.store import current_version_dir
 from rd_assets.core.contracts.artifact_models import FactorOrder, ModelMeta
 from rd_assets.core.contracts.bundle_models import (
@@ -25,6 +25,7 @@ from rd_assets.core.contracts.bundle_models import (
     MODEL_META,
     MODEL_SAFETENSORS,
     MODEL_TXT,
+    SELECTION_RELPATH_ROLES,
     SOTA_FACTORS,
     ExtractReport,
     Manifest,
@@ -246,6 +247,39 @@ def _check_consistency(manifest: Manifest, docs: dict[str, BaseModel], found: di
     return problems
 
 
+def _check_selection_names(manifest: Manifest, order: FactorOrder | None) -> list[str]:
+    """The selection system's field names (schema 1.2) must repeat our facts exactly; 1.1 bundles have none."""
+    if manifest.schema_version == "1.1":
+        return []
+    problems = []
+    assets = manifest.primary_assets
+    for key, role in SELECTION_RELPATH_ROLES.items():
+        if key not in assets:
+            problems.append(f"{MANIFEST}: primary_assets.{key} is missing")
+        elif role is not None and assets.get(key) != assets.get(role):
+            problems.append(f"{MANIFEST}: primary_assets.{key} {assets.get(key)} != {role} {assets.get(role)}")
+    loop = manifest.session_anchor.loop_idx
+    if manifest.loop_id != loop:
+        problems.append(f"{MANIFEST}: loop_id {manifest.loop_id} != session_anchor.loop_idx {loop}")
+    if order is None:  # an unreadable factor_order.json is a problem of its own already
+        return problems
+    config = assets.get("config_relpath")
+    if config is not None and (order.config_name is None or config != config_relpath(order.config_name)):
+        problems.append(f"{MANIFEST}: config_relpath {config} is not the executed config {order.config_name}")
+    source = PurePath(order.dynamic_source).name if order.dynamic_source else None
+    expected = {
+        "factor_order": (order.factor_order, order.model_input_order, "model_input_order"),
+        "dynamic_factor_count": (order.dynamic_factor_count, order.dynamic_count, "dynamic_count"),
+        "source_file": (order.source_file, source, "the file name of dynamic_source"),
+        "task_run_id": (order.task_run_id, manifest.task_run_id, "the manifest's task_run_id"),
+        "loop_id": (order.loop_id, loop, "session_anchor.loop_idx"),
+    }
+    for name, (got, want, what) in expected.items():
+        if got != want:
+            problems.append(f"{FACTOR_ORDER}: {name} {got!r} != {what} {want!r}")
+    return problems
+
+
 def verify_bundle(bundle_dir: Path) -> VerifyReport:
     """Every problem of the bundle at ``bundle_dir`` (``<store>/<task_id>`` or a version dir)."""
     problems: list[str] = []
@@ -276,6 +310,7 @@ def verify_bundle(bundle_dir: Path) -> VerifyReport:
         report = report if isinstance(report, ExtractReport) else None
         if order is not None:
             _check_order(order, report, problems)
+        problems += _check_selection_names(manifest, order)
         if MODEL_TXT in found:
             problems += _check_model_txt(found, order, report)
             load_problems, note = _load_model_txt(found[MODEL_TXT], order)

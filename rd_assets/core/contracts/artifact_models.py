@@ -82,6 +82,17 @@ class FactorOrder(Document):
     alignment_reason: str | None = None
     unresolved_code: str | None = Field(None, description="typed error code when the order is not aligned")
     warnings: list[str] = Field(default_factory=list, description="'code: why' notes that do not block readiness")
+    # The selection system's names for the same facts (its sync code reads factor_order.json["factor_order"]).
+    # Filled when the bundle is assembled (1.2); null in the Dagster asset value and in 1.1 bundles.
+    factor_order: list[str] | None = Field(None, description="selection-system name of model_input_order (equal)")
+    dynamic_factor_count: int | None = Field(None, description="selection-system name of dynamic_count (equal)")
+    source_file: str | None = Field(
+        None, description="file name the dynamic factor names were read from (combined_factors_df.parquet)"
+    )
+    task_run_id: str | None = Field(None, description="the run id the fork's loop carries (= manifest.task_run_id)")
+    loop_id: int | None = Field(
+        None, description="loop folder of the chosen session snapshot (= manifest.session_anchor.loop_idx)"
+    )
 
 
 class FactorCodeFile(Contract):

@@ -13,6 +13,7 @@ Layout of one published version (immutable once published)::
     model.py                 the network's source (the model experiment's model.py the sota_model config imported)
     factor_entry.py          the anchor's own factor code (sub_task 0)
     factors/<safe name>.py   one per SOTA factor
+    config/<config name>     the executed qlib config's YAML text as the session holds it (1.2)
 
 Only ``manifest.json`` carries timestamps and run counters (``extract_run``); every other file is a pure
 function of the log dir (and the path map), so the same log dir gives byte-identical files and the same
@@ -22,9 +23,10 @@ symlink ``<store>/<task_id>`` at the current one (see :mod:`rd_assets.core.bundl
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NotRequired
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
+from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
 from rd_assets.core.contracts.artifact_models import BasedFactorEntry, ModelIntrospection, ModelWeightInfo
 from rd_assets.core.contracts.models import (
@@ -44,6 +46,18 @@ MODEL_TXT = "model.txt"
 MODEL_SAFETENSORS = "model.safetensors"
 MODEL_PY = "model.py"
 FACTOR_ENTRY = "factor_entry.py"
+CONFIG_DIR = "config"
+
+SELECTION_RELPATH_ROLES: dict[str, str | None] = {
+    "factor_entry_relpath": "factor_entry",
+    "model_weight_relpath": "model_weight",
+    "model_meta_relpath": "model_meta",
+    "factor_order_relpath": "factor_order",
+    "config_relpath": None,
+    "combined_factors_relpath": None,
+}
+"""The selection system's ``primary_assets.*_relpath`` keys -> the role of ours they equal. ``config_relpath`` is the
+published executed config; ``combined_factors_relpath`` is always null (the anchor's parquet is never shipped)."""
 
 
 class SotaFactorsDoc(Document):
@@ -86,6 +100,31 @@ class ExtractRun(Contract):
     index: str = Field(description="'enabled' or why the snapshot index was not used")
 
 
+class PrimaryAssets(TypedDict):
+    """Role -> relpath (null when the bundle has no such file); a plain dict in Python.
+
+    The ``*_relpath`` keys are the selection system's names (schema 1.2); they are absent from 1.1 manifests.
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    model_weight: str | None
+    model_txt: str | None
+    model_safetensors: str | None
+    model_py: str | None
+    sota_factors: str | None
+    factor_order: str | None
+    model_meta: str | None
+    factor_entry: str | None
+    extract_report: str | None
+    factor_entry_relpath: NotRequired[str | None]
+    model_weight_relpath: NotRequired[str | None]
+    model_meta_relpath: NotRequired[str | None]
+    factor_order_relpath: NotRequired[str | None]
+    config_relpath: NotRequired[str | None]
+    combined_factors_relpath: NotRequired[None]
+
+
 class Manifest(Document):
     task_id: str
     task_run_id: str | None
@@ -96,8 +135,11 @@ class Manifest(Document):
     )
     session_anchor: SessionAnchor
     sota_factor_anchor: SotaFactorAnchor
-    primary_assets: dict[str, str | None] = Field(
-        description="role -> relpath: model_weight, model_txt, sota_factors, factor_order, model_meta, factor_entry"
+    loop_id: int | None = Field(
+        None, description="selection-system name of the chosen snapshot's loop folder (session_anchor.loop_idx)"
+    )
+    primary_assets: PrimaryAssets = Field(
+        description="role -> relpath; the *_relpath keys repeat them under the selection system's names"
     )
     files: dict[str, FileEntry] = Field(description="every file of the version but manifest.json itself")
     selection_ready: bool

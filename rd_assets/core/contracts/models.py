@@ -24,8 +24,10 @@ from pydantic_core import PydanticSerializationError, to_json
 
 from rd_assets.core.text_safety import escape_surrogates
 
-SCHEMA_VERSION = "1.1"
-"""1.1: torch exports, model.py, loader order rule, alpha source, warnings (additive to 1.0)."""
+SCHEMA_VERSION = "1.2"
+"""1.2: the selection system's field names beside ours (``factor_order``, ``*_relpath``, ``loop_id`` ...) and the
+executed config's text in the bundle (additive to 1.1). 1.1: torch exports, model.py, loader order rule, alpha
+source, warnings (additive to 1.0)."""
 
 MAX_JSON_DEPTH = 32
 """Deepest container nesting a contract holds; deeper data from a session is cut or refused, never recursed into."""
@@ -110,7 +112,9 @@ class Contract(BaseModel):
 
 
 class Document(Contract):
-    schema_version: Literal["1.1"] = SCHEMA_VERSION
+    schema_version: Literal["1.1", "1.2"] = Field(
+        SCHEMA_VERSION, description="1.2 is written; 1.1 documents still validate (1.2 only adds optional fields)"
+    )
 
 
 class ErrorInfo(Contract):

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from rd_assets.core.contracts.artifact_models import FactorOrder, ModelMeta
 from rd_assets.core.contracts.bundle_models import ExtractReport, ExtractResult, Manifest, SotaFactorsDoc, VerifyReport
+from rd_assets.core.contracts.consumer_models import FactorComputeReport, PullResult, ScoreResult
 from rd_assets.core.contracts.models import InspectResult, SnapshotSelection, SotaFactorExperiment
 from rd_assets.core.contracts.status_models import TaskFailure
 
@@ -30,6 +31,9 @@ DOCUMENT_MODELS: tuple[type[BaseModel], ...] = (
     SotaFactorExperiment,
     InspectResult,
     TaskFailure,
+    PullResult,
+    FactorComputeReport,
+    ScoreResult,
 )
 
 

@@ -95,7 +95,7 @@ def test_a_document_breaking_its_schema_is_found(copy_of: Callable[[str], Path])
 def test_an_alignment_claim_is_recomputed(copy_of: Callable[[str], Path]) -> None:
     v = copy_of(SIGNED_TASK)
     doc = json.loads((v / FACTOR_ORDER).read_bytes())
-    doc["model_input_order"] = doc["model_input_order"][:-1]
+    doc["model_input_order"] = doc["factor_order"] = doc["model_input_order"][:-1]  # both names, as one writer would
     doc["model_input_count"] -= 1
     _edit(v, FACTOR_ORDER, json.dumps(doc).encode(), rehash=True)
     problems = verify_bundle(v).problems
