@@ -109,6 +109,7 @@ EXPECTED_TYPES = {
     ".py": "text/x-python; charset=utf-8",
     ".json": "application/json",
     ".txt": "text/plain; charset=utf-8",
+    ".yaml": "application/yaml",
     ".pkl": "application/octet-stream",
     ".safetensors": "application/octet-stream",
 }

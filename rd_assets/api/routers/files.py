@@ -34,6 +34,7 @@ MEDIA_TYPES = {
     ".py": "text/x-python; charset=utf-8",
     ".json": "application/json",
     ".txt": "text/plain; charset=utf-8",
+    ".yaml": "application/yaml",
 }
 """Bundle text files by suffix (the bundle writes them as UTF-8); anything else is opaque bytes."""
 FILE_CONTENT = {
@@ -41,6 +42,7 @@ FILE_CONTENT = {
     "text/x-python": {"schema": {"type": "string"}},
     "application/json": {"schema": {}},
     "text/plain": {"schema": {"type": "string"}},
+    "application/yaml": {"schema": {"type": "string"}},
 }
 """What OpenAPI says a file answer holds: a bundle JSON document is any JSON value, code and text are text."""
 AssetKey = Annotated[
