@@ -5,8 +5,9 @@ interpreter start, the imports, the isolated reader's start and the extraction. 
 
 * ``in-process run``: ``rd_task_job.execute_in_process`` in this process on a persistent SQLite instance
   (what the job itself costs once the code location is loaded; the isolated reader is already running);
-* ``fresh-process run``: ``dagster job execute`` of the same job and partition in a new process with a
-  SQLite ``DAGSTER_HOME`` (like a run worker: interpreter, imports, code location, run, reader start).
+* ``fresh-process run``: ``dg launch`` of the same job and partition in a new process with a SQLite
+  ``DAGSTER_HOME`` and the run config the daemon resolves for it (like a run worker: interpreter, imports,
+  code location, run, reader start).
 
 Every variant reads the same sample task through a warm snapshot index (one warm-up run each, not timed) and
 publishes into its own store, so each timed run is an unchanged-content republish, as a sensor re-run is.
@@ -33,6 +34,7 @@ from dagster import DagsterInstance
 
 from rd_assets.core.samples import PLAIN_TASK, SAMPLE_PATH_MAP, SAMPLE_SIGNING_KEY, SAMPLES_DIR
 from rd_assets.definitions import build_definitions
+from rd_assets.defs.jobs import IN_PROCESS
 from rd_assets.defs.partitions import RD_TASK_PARTITIONS_NAME
 from rd_assets.defs.resources import BundleStore, RdLogRoot
 
@@ -64,6 +66,7 @@ def main() -> None:
         "RD_ASSETS_PATH_MAP": SAMPLE_PATH_MAP,
         "RD_ASSETS_STORE": str(work / "subprocess_store"),
         "RD_ASSETS_INDEX": str(work / "subprocess_index.sqlite3"),
+        "RD_ASSETS_KEEP_VERSIONS": "3",
         "DAGSTER_HOME": str(work / "dagster_home"),
     }
     for name in ("RD_ASSETS_SIGNING_KEY", "RD_ASSETS_ALLOW_UNSIGNED", "DAGSTER_HOME"):
@@ -92,24 +95,25 @@ def main() -> None:
                 raise SystemExit(f"rd-assets extract failed: {proc.stdout}{proc.stderr}")
 
         fresh = [
-            str(BIN / "dagster"),
-            "job",
-            "execute",
+            str(BIN / "dg"),
+            "launch",
             "-m",
             "rd_assets.definitions",
-            "-j",
+            "--job",
             "rd_task_job",
-            "--tags",
-            json.dumps({"dagster/partition": args.task}),
+            "--partition",
+            args.task,
+            "--config-json",
+            json.dumps(IN_PROCESS),  # what the daemon resolves for a partition run of rd_task_job
         ]
 
         def run_fresh() -> None:
             proc = subprocess.run(fresh, env=env, cwd=work, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
-                raise SystemExit(f"dagster job execute failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+                raise SystemExit(f"dg launch failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
 
         defs = build_definitions(
-            RdLogRoot(log_root=str(log_root), path_map=[SAMPLE_PATH_MAP], index_path=str(work / "dg_index.sqlite3")),
+            RdLogRoot(log_root=str(log_root), path_map=SAMPLE_PATH_MAP, index_path=str(work / "dg_index.sqlite3")),
             BundleStore(store_dir=str(work / "dg_store")),
         )
         job = defs.resolve_job_def("rd_task_job")
