@@ -2,8 +2,6 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SAMPLES ?= $(abspath ../shared/samples_v3)
-SAMPLE_KEY ?= rdgen-sample-signing-key-0123456789abcdef
 
 .PHONY: install dev test lint bench
 
@@ -24,17 +22,20 @@ lint: install
 	$(BIN)/ruff check --fix rd_assets rd_assets_tests bench
 	$(BIN)/ruff format rd_assets rd_assets_tests bench
 
+# The settings of `make dev` live in .env (a copy of .env.example for the bundled samples unless you wrote your
+# own): the sample extraction and `dg dev` both read it, so the CLI and Dagster publish the same bundles.
+.env:
+	cp .env.example .env
+
 # Extract the three bundled samples with the CLI, then start the Dagster UI + daemon on 127.0.0.1:3000.
-# The samples mix one signed run with plain ones: with a key configured, plain runs are refused unless
-# RD_ASSETS_ALLOW_UNSIGNED=1 says so explicitly.
-SAMPLE_ENV := RD_ASSETS_SIGNING_KEY=$(SAMPLE_KEY) RD_ASSETS_ALLOW_UNSIGNED=1
-dev: install
-	for task in $(SAMPLES)/log/*/; do \
-		$(SAMPLE_ENV) $(BIN)/rd-assets extract $$task --store .rd_assets_store \
-			--path-map /mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace=$(SAMPLES)/workspaces || exit 1; \
+dev: install .env
+	set -a && . ./.env && set +a && \
+	for task in "$$RD_ASSETS_LOG_ROOT"/*/; do \
+		$(BIN)/rd-assets extract "$$task" --store "$$RD_ASSETS_STORE" \
+			$$(printf '%s' "$$RD_ASSETS_PATH_MAP" | tr ';' '\n' | sed -n 's/^ *\(..*\)$$/--path-map=\1/p') || exit 1; \
 	done
 	mkdir -p .dagster_home && cp dagster.yaml .dagster_home/dagster.yaml
-	$(SAMPLE_ENV) DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dg dev --host 127.0.0.1 --port 3000
 
 bench: install
 	$(BIN)/python bench/bench_session_reader.py
@@ -42,3 +43,4 @@ bench: install
 	$(BIN)/python bench/bench_sensor.py
 	$(BIN)/python bench/bench_api.py
 	$(BIN)/python bench/bench_pull.py
+	$(BIN)/python bench/bench_dagster_run.py

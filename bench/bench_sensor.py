@@ -76,7 +76,7 @@ def main() -> None:
         root = work / "log"
         root.mkdir()
         files = build_tree(root, args.tasks, args.loops, args.steps)
-        resources = {"rd_log_root": RdLogRoot(log_root=str(root), path_map=[], index_path=None)}
+        resources = {"rd_log_root": RdLogRoot(log_root=str(root), path_map="", index_path=None)}
         with instance_for_test() as instance:
 
             def tick(cursor: str | None) -> SensorResult:

@@ -1,16 +1,20 @@
-"""Dagster resources: where task logs are read from and where bundles (and asset values) are written.
+"""Dagster resources: where task logs are read from and where bundles are written.
 
-Configured from environment variables; every default points at the bundled samples and at git-ignored
-folders of this checkout, so ``dagster dev`` on a fresh clone works with no configuration at all.
+Their settings are bound to environment variables with :class:`dagster.EnvVar` in
+:mod:`rd_assets.definitions`, resolved when a run, sensor or schedule starts (never at import). ``dg dev`` and
+``dagster dev`` load ``.env`` from the project root; ``.env.example`` holds the values for the bundled samples.
 
-=========================  =====================================================================
-``RD_ASSETS_LOG_ROOT``     folder holding the task log dirs (default ``<repo>/../shared/samples/log``)
-``RD_ASSETS_PATH_MAP``     ``;``-separated ``FROM=TO`` prefix rewrites for pickled workspace paths
-``RD_ASSETS_STORE``        bundle store (default ``<repo>/.rd_assets_store``)
-``RD_ASSETS_INDEX``        snapshot summary index (default ``<repo>/.rd_assets_index/snapshot-index.sqlite3``)
-``RD_ASSETS_KEEP_VERSIONS`` published versions kept per task (default 3)
-``RD_ASSETS_SIGNING_KEY``  rdagent 1.0 ``ARTIFACT_SIGNING_KEY``; read at run time, never stored in config
-=========================  =====================================================================
+============================  ========================================================================
+``RD_ASSETS_LOG_ROOT``        folder holding the task log dirs (read only)
+``RD_ASSETS_PATH_MAP``        ``;``-separated ``FROM=TO`` prefix rewrites for pickled workspace paths (may be empty)
+``RD_ASSETS_STORE``           bundle store
+``RD_ASSETS_INDEX``           snapshot summary index (SQLite); empty disables the cache
+``RD_ASSETS_KEEP_VERSIONS``   published versions kept per task
+``RD_ASSETS_SIGNING_KEY``     rdagent 1.0 ``ARTIFACT_SIGNING_KEY``; read at run time, never stored in config
+============================  ========================================================================
+
+Relative paths are resolved against the working directory of the Dagster process (the project root under
+``dg dev``).
 """
 
 from __future__ import annotations
@@ -22,13 +26,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field
 
 from rd_assets.core.artifacts.path_map import PathMap
 from rd_assets.core.contracts.models import Document
-from rd_assets.core.errors import InvalidLogDirError
-from rd_assets.core.samples import REPO_DIR, SAMPLE_PATH_MAP, SAMPLES_DIR
+from rd_assets.core.errors import BundleStoreError, InvalidLogDirError
 from rd_assets.core.session.index import ENV_INDEX_PATH, SnapshotIndex
 from rd_assets.core.session.task_reader import ENV_SIGNING_KEY
 from rd_assets.core.task_ids import is_task_id
@@ -36,14 +39,9 @@ from rd_assets.core.task_ids import is_task_id
 ENV_LOG_ROOT = "RD_ASSETS_LOG_ROOT"
 ENV_PATH_MAP = "RD_ASSETS_PATH_MAP"
 ENV_STORE = "RD_ASSETS_STORE"
+ENV_INDEX = ENV_INDEX_PATH
 ENV_KEEP_VERSIONS = "RD_ASSETS_KEEP_VERSIONS"
 
-DEFAULT_LOG_ROOT = SAMPLES_DIR / "log"
-DEFAULT_PATH_MAP = (SAMPLE_PATH_MAP,)
-DEFAULT_STORE = REPO_DIR / ".rd_assets_store"
-DEFAULT_INDEX = REPO_DIR / ".rd_assets_index" / "snapshot-index.sqlite3"
-
-IO_DIR = ".dagster_io"
 STATE_DIR = ".dagster_state"
 
 
@@ -72,19 +70,9 @@ class RdLogRoot(ConfigurableResource):
     """The RD-Agent log root (read-only: nothing is ever written below it) and how to read its pickles."""
 
     log_root: str = Field(description="folder holding <task_id>/__session__/... dirs")
-    path_map: list[str] = Field(default_factory=list, description="FROM=TO rewrites of pickled workspace paths")
+    path_map: str = Field("", description="';'-separated FROM=TO rewrites of pickled workspace paths")
     signing_key_env: str = Field(ENV_SIGNING_KEY, description="name of the env var holding the signing key")
-    index_path: str | None = Field(None, description="snapshot summary index (SQLite); null disables the cache")
-
-    @classmethod
-    def from_env(cls) -> RdLogRoot:
-        raw_map = os.environ.get(ENV_PATH_MAP)
-        rules = [r.strip() for r in raw_map.split(";") if r.strip()] if raw_map is not None else list(DEFAULT_PATH_MAP)
-        return cls(
-            log_root=os.environ.get(ENV_LOG_ROOT) or str(DEFAULT_LOG_ROOT),
-            path_map=rules,
-            index_path=os.environ.get(ENV_INDEX_PATH) or str(DEFAULT_INDEX),
-        )
+    index_path: str | None = Field(None, description="snapshot summary index (SQLite); null or empty: no cache")
 
     @property
     def root(self) -> Path:
@@ -96,12 +84,19 @@ class RdLogRoot(ConfigurableResource):
     def signing_key(self) -> str | None:
         return os.environ.get(self.signing_key_env) or None
 
+    def path_map_rules(self) -> list[str]:
+        return [rule.strip() for rule in self.path_map.split(";") if rule.strip()]
+
     def parsed_path_map(self) -> PathMap:
-        return PathMap.parse(self.path_map)
+        return PathMap.parse(self.path_map_rules())
+
+    @property
+    def index_file(self) -> Path | None:
+        return Path(self.index_path) if self.index_path else None
 
     @contextmanager
     def open_index(self) -> Iterator[SnapshotIndex]:
-        index = SnapshotIndex(Path(self.index_path) if self.index_path else None)
+        index = SnapshotIndex(self.index_file)
         try:
             yield index
         finally:
@@ -120,24 +115,24 @@ class PublicationRecord(Document):
 
 
 class BundleStore(ConfigurableResource):
-    """The bundle store: published bundles, plus the Dagster layer's own state in dot-folders beside them."""
+    """The bundle store: published bundles, plus the Dagster layer's publication records in ``.dagster_state``."""
 
     store_dir: str = Field(description="bundles are published as <store>/<task_id>")
-    keep_versions: int = Field(3, ge=1, description="published versions kept per task")
+    keep_versions: int = Field(3, description="published versions kept per task (at least 1, the current one)")
 
-    @classmethod
-    def from_env(cls) -> BundleStore:
-        keep = os.environ.get(ENV_KEEP_VERSIONS)
-        return cls(store_dir=os.environ.get(ENV_STORE) or str(DEFAULT_STORE), keep_versions=int(keep) if keep else 3)
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Refuse a bad setting when the resource starts, before any task is read (an ``EnvVar`` is only
+        resolved then, so pydantic bounds cannot check it)."""
+        if self.keep_versions < 1:
+            raise BundleStoreError(
+                f"keep_versions is {self.keep_versions}: at least 1 (the current version) is kept "
+                f"(${ENV_KEEP_VERSIONS})",
+                path=self.store_dir,
+            )
 
     @property
     def path(self) -> Path:
         return Path(self.store_dir)
-
-    @property
-    def io_dir(self) -> Path:
-        """Asset values per asset and partition (see :mod:`rd_assets.defs.io_managers`)."""
-        return self.path / IO_DIR
 
     def record_path(self, task_id: str) -> Path:
         return task_path(self.path / STATE_DIR, task_id).with_suffix(".json")

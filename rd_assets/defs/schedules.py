@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from rd_assets.core.bundle.store import current_version_dir
 from rd_assets.core.errors import RdAssetsError
 from rd_assets.core.session.fingerprint import session_fingerprint
-from rd_assets.defs.assets import rd_task_job
+from rd_assets.defs.jobs import rd_task_job
 from rd_assets.defs.partitions import FINGERPRINT_TAG, PARTITION_TAG, RD_TASK_PARTITIONS_NAME
 from rd_assets.defs.resources import BundleStore, RdLogRoot
 from rd_assets.defs.sensors import run_key

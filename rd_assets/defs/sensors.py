@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from rd_assets.core.contracts.models import Document
 from rd_assets.core.errors import RdAssetsError
 from rd_assets.core.session.fingerprint import LogRootScan, scan_log_root, session_fingerprint
-from rd_assets.defs.assets import rd_task_job
+from rd_assets.defs.jobs import rd_task_job
 from rd_assets.defs.partitions import FINGERPRINT_TAG, RD_TASK_PARTITIONS_NAME, rd_task_partitions
 from rd_assets.defs.resources import RdLogRoot
 

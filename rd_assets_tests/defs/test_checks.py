@@ -5,29 +5,28 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, instance_for_test
+from dagster import AssetCheckKey, AssetKey, DagsterRunStatus, instance_for_test
 
 from rd_assets.core.artifacts.weights import ModelWeight
+from rd_assets.core.bundle.rules import order_problems, traversal_problems, weight_source_problems
 from rd_assets.core.bundle.store import current_version_dir
+from rd_assets.core.bundle.task_status import read_failure, record_failure
 from rd_assets.core.contracts.artifact_models import FactorOrder
 from rd_assets.core.contracts.bundle_models import Manifest
+from rd_assets.core.errors import WeightsNotPersistedError
 from rd_assets.core.session.access_log import AccessLog
 from rd_assets.core.session.index import SnapshotIndex
 from rd_assets.core.session.task_reader import read_task
-from rd_assets.defs.checks import (
-    bundle_integrity_result,
-    order_problems,
-    recorded_access,
-    traversal_problems,
-    weight_source_problems,
-)
+from rd_assets.defs.check_results import bundle_integrity as bundle_integrity_result
 from rd_assets.defs.partitions import FINGERPRINT_TAG
 from rd_assets_tests.defs.test_assets import (
+    ASSET_NAMES,
     SAMPLES,
     chain_resources,
     checks_of,
     materialize_task,
     materialized,
+    step_failure,
 )
 from rd_assets_tests.rdagent_fixtures import (
     WSL_WORKSPACE_PREFIX,
@@ -76,19 +75,27 @@ def test_task_without_weights_fails_its_blocking_check_and_publishes_nothing(tmp
     check = checks_of(result)["model_weight_source_is_factor_exp"]
     assert not check.passed
     assert any("weights_not_persisted" in r and "trace.hist[1]" in r for r in _reasons(check))
-    failure = next(e for e in result.all_events if e.is_step_failure and e.step_key == "model_weight")
-    assert "weights_not_persisted" in failure.event_specific_data.error.to_string()
+    error, metadata = step_failure(result)
+    assert "weights_not_persisted" in error
+    assert (metadata["asset"], metadata["error_code"]) == ("model_weight", "weights_not_persisted")
     store = resources["bundle_store"].path
     assert current_version_dir(store, TASK) is None and not (store / TASK).exists()
+    record = read_failure(store, TASK)
+    assert record is not None and record.code == "weights_not_persisted" and "trace.hist[1]" in record.message
 
 
 def test_fixture_task_with_weights_is_published_and_ready(tmp_path: Path) -> None:
-    """The control for the test above and below: the same task with a weight goes all the way."""
+    """The control for the test above and below: the same task with a weight goes all the way.
+
+    It also clears the failure record an earlier failed run of the task left in the store.
+    """
     log_root = _fixture_task(tmp_path, weights={"params.pkl": BOOSTER_24.read_bytes()})
     resources = chain_resources(tmp_path, log_root, _map(tmp_path))
+    record_failure(resources["bundle_store"].path, TASK, WeightsNotPersistedError("an earlier run"))
     with instance_for_test() as instance:
         result = materialize_task(instance, resources, TASK)
     assert result.success, [e.message for e in result.all_events if e.is_step_failure]
+    assert read_failure(resources["bundle_store"].path, TASK) is None
     assert all(ev.passed for ev in checks_of(result).values())
     manifest = Manifest.model_validate_json((resources["bundle_store"].path / TASK / "manifest.json").read_bytes())
     assert manifest.selection_ready
@@ -106,6 +113,10 @@ def test_incomplete_factor_code_warns_but_still_publishes_a_not_ready_bundle(tmp
     manifest = Manifest.model_validate_json((resources["bundle_store"].path / TASK / "manifest.json").read_bytes())
     assert not manifest.selection_ready
     assert any(r.startswith("factor_code_incomplete") for r in manifest.reasons)
+    ready = checks_of(result)["selection_ready"]
+    assert not ready.passed and ready.severity.value == "WARN"
+    assert _reasons(ready) == manifest.reasons
+    assert result.success and checks_of(result)["bundle_integrity"].passed  # published, only not ready
 
 
 @pytest.fixture
@@ -159,8 +170,12 @@ def test_bundle_integrity_fails_on_a_tampered_bundle(tmp_path: Path) -> None:
         check = bundle_integrity_result(resources["bundle_store"].path, SAMPLE, published)
         assert not check.passed and check.severity.value == "ERROR"
         assert any("factor_order.json" in r for r in check.metadata["reasons"].value)
-        records, missing = recorded_access(instance, SAMPLE)
-        assert missing == [] and records.opened_paths
+        records = {
+            name: instance.fetch_materializations(AssetKey(name), limit=1).records[0].asset_materialization.metadata
+            for name in ASSET_NAMES
+        }
+        assert all({"paths_opened", "paths_listed"} <= set(meta) for meta in records.values())
+        assert records["session_snapshot"]["paths_opened"].value
 
 
 def test_traversal_problems_allow_only_session_files_and_the_anchor_parquet(tmp_path: Path) -> None:
@@ -226,6 +241,35 @@ def test_no_accepted_factor_experiment_stops_at_last_sota_factor_exp(tmp_path: P
     assert not result.success
     assert materialized(result) == ["session_snapshot"]
     assert "no_sota_factor_experiment" in snapshot.asset_materialization.metadata["anchor_error"].value
-    failure = next(e for e in result.all_events if e.is_step_failure and e.step_key == "last_sota_factor_exp")
-    assert "no_sota_factor_experiment" in failure.event_specific_data.error.to_string()
+    error, metadata = step_failure(result)
+    assert "no_sota_factor_experiment" in error
+    assert (metadata["asset"], metadata["error_code"]) == ("last_sota_factor_exp", "no_sota_factor_experiment")
     assert current_version_dir(resources["bundle_store"].path, TASK) is None
+
+
+def test_checks_of_stages_never_reached_are_not_reported(tmp_path: Path) -> None:
+    """A run that stops at model_weight reports only that check; the later ones did not run and are not failed.
+
+    Dagster keeps them PLANNED, and shows a PLANNED check of a failed run as "execution failed", not "failed".
+    """
+    log_root = _fixture_task(tmp_path, weights=None)
+    resources = chain_resources(tmp_path, log_root, _map(tmp_path))
+    with instance_for_test() as instance:
+        result = materialize_task(instance, resources, TASK)
+        assert set(checks_of(result)) == {"model_weight_source_is_factor_exp"}
+        for asset, name in [("factor_order", "factor_order_matches_model"), ("aistock_bundle", "bundle_integrity")]:
+            (record,) = instance.event_log_storage.get_asset_check_execution_history(
+                AssetCheckKey(AssetKey(asset), name), limit=1
+            )
+            assert (record.status.value, record.partition) == ("PLANNED", TASK)  # planned, never evaluated
+            assert instance.get_run_by_id(record.run_id).status == DagsterRunStatus.FAILURE
+
+
+def test_a_partition_key_that_is_not_a_task_id_fails_typed_and_touches_nothing(tmp_path: Path) -> None:
+    resources = chain_resources(tmp_path, SAMPLES / "log")
+    with instance_for_test() as instance:
+        result = materialize_task(instance, resources, "../" + SAMPLE)
+    assert not result.success and materialized(result) == []
+    error, metadata = step_failure(result)
+    assert metadata["error_code"] == "invalid_log_dir" and "not a task id" in error
+    assert not (tmp_path / "store").exists() and not (tmp_path / "index").exists()

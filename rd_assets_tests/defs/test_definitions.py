@@ -2,17 +2,30 @@
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from dagster import AssetCheckKey, AssetKey, DefaultScheduleStatus, DefaultSensorStatus, Definitions
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    DagsterInvalidConfigError,
+    DagsterResourceFunctionError,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    Definitions,
+    EnvVar,
+    build_resources,
+)
+from dotenv import dotenv_values
 
-from rd_assets import definitions
+from rd_assets.core.errors import BundleStoreError
+from rd_assets.core.samples import SAMPLES_DIR
 from rd_assets.definitions import build_definitions, defs
 from rd_assets.defs.partitions import rd_task_partitions
-from rd_assets.defs.resources import DEFAULT_INDEX, DEFAULT_STORE, SAMPLES_DIR, BundleStore, RdLogRoot
+from rd_assets.defs.resources import BundleStore, RdLogRoot
 
 REPO = Path(__file__).resolve().parents[2]
 CHAIN = ["session_snapshot", "last_sota_factor_exp", "model_weight", "factor_order", "factor_code", "aistock_bundle"]
@@ -22,25 +35,38 @@ BLOCKING = {
     ("factor_order", "factor_order_matches_model"): True,
     ("factor_code", "factor_code_complete"): False,
     ("aistock_bundle", "bundle_integrity"): False,
+    ("aistock_bundle", "selection_ready"): False,
 }
+ENV_VARS = ("RD_ASSETS_LOG_ROOT", "RD_ASSETS_PATH_MAP", "RD_ASSETS_STORE", "RD_ASSETS_INDEX", "RD_ASSETS_KEEP_VERSIONS")
 
 
 def test_validate_loadable() -> None:
     Definitions.validate_loadable(defs)
 
 
-def test_dagster_cli_validates_the_code_location(tmp_path: Path) -> None:
-    dagster = Path(sys.executable).with_name("dagster")
+def _dg() -> str:
+    """The venv's ``dg``: on PATH when the venv is active, else next to this interpreter."""
+    beside = Path(sys.executable).with_name("dg")
+    found = shutil.which("dg", path=str(beside.parent)) or shutil.which("dg")
+    assert found is not None, "dagster-dg-cli is not installed (pip install -e '.[test]')"
+    return found
+
+
+def test_dg_check_defs_loads_the_project(tmp_path: Path) -> None:
+    """``[tool.dg.project]`` points ``dg`` at the one code location, and it loads cleanly (``dg check defs``
+    supersedes ``dagster definitions validate``)."""
+    shutil.copyfile(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
     proc = subprocess.run(
-        [str(dagster), "definitions", "validate", "-m", "rd_assets.definitions"],
+        [_dg(), "check", "defs"],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
+        stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Validation successful" in proc.stdout + proc.stderr
+    assert "All definitions loaded successfully" in proc.stdout + proc.stderr
 
 
 def test_six_partitioned_assets_each_depending_on_the_previous() -> None:
@@ -72,27 +98,51 @@ def test_sensor_and_schedule_run_by_default() -> None:
     assert sensor.job_name == schedule.job_name == "rd_task_job"
 
 
-def test_defaults_point_at_the_bundled_samples(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("RD_ASSETS_LOG_ROOT", "RD_ASSETS_PATH_MAP", "RD_ASSETS_STORE", "RD_ASSETS_INDEX"):
+def _resolved(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> tuple[RdLogRoot, BundleStore]:
+    """The code location's own resources, resolved from ``env`` the way a run resolves them."""
+    for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    root, store = RdLogRoot.from_env(), BundleStore.from_env()
-    assert Path(root.log_root) == SAMPLES_DIR / "log" and (SAMPLES_DIR / "log").is_dir()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with build_resources(
+        {"rd_log_root": defs.resources["rd_log_root"], "bundle_store": defs.resources["bundle_store"]}
+    ) as resources:
+        return resources.rd_log_root, resources.bundle_store
+
+
+def test_env_example_points_at_the_bundled_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``.env.example`` (what ``make dev`` copies to ``.env``) configures the samples, read from the repo root."""
+    env = {k: v for k, v in dotenv_values(REPO / ".env.example").items() if v is not None}
+    assert set(ENV_VARS) <= set(env)
+    monkeypatch.chdir(REPO)  # dg dev and dagster dev run from the project root
+    root, store = _resolved(monkeypatch, env)
+    assert Path(root.log_root).resolve() == (SAMPLES_DIR / "log").resolve() and (SAMPLES_DIR / "log").is_dir()
     mapped = root.parsed_path_map().map("/mnt/f/Dev/RD-Agent-main/git_ignore_folder/RD-Agent_workspace/abc/x.parquet")
-    assert mapped == SAMPLES_DIR / "workspaces" / "abc" / "x.parquet"
-    assert Path(store.store_dir) == DEFAULT_STORE == REPO / ".rd_assets_store"
-    assert Path(root.index_path) == DEFAULT_INDEX
+    assert mapped is not None
+    assert mapped.resolve() == (SAMPLES_DIR / "workspaces" / "abc" / "x.parquet").resolve()
+    assert Path(store.store_dir).resolve() == REPO / ".rd_assets_store"
+    assert (
+        root.index_file is not None
+        and root.index_file.resolve() == REPO / ".rd_assets_index" / "snapshot-index.sqlite3"
+    )
     assert store.keep_versions == 3
+    # the signing key is never config: only the name of the variable it is read from at run time
+    assert set(RdLogRoot.model_fields) == {"log_root", "path_map", "signing_key_env", "index_path"}
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("RD_ASSETS_LOG_ROOT", str(tmp_path / "log"))
-    monkeypatch.setenv("RD_ASSETS_PATH_MAP", "/a=/b; F:/x=/y ;")
-    monkeypatch.setenv("RD_ASSETS_STORE", str(tmp_path / "store"))
-    monkeypatch.setenv("RD_ASSETS_INDEX", str(tmp_path / "i.sqlite3"))
-    monkeypatch.setenv("RD_ASSETS_KEEP_VERSIONS", "5")
-    monkeypatch.setenv("RD_ASSETS_SIGNING_KEY", "k")
-    root, store = RdLogRoot.from_env(), BundleStore.from_env()
-    assert (root.log_root, root.path_map, root.index_path) == (
+    root, store = _resolved(
+        monkeypatch,
+        {
+            "RD_ASSETS_LOG_ROOT": str(tmp_path / "log"),
+            "RD_ASSETS_PATH_MAP": "/a=/b; F:/x=/y ;",
+            "RD_ASSETS_STORE": str(tmp_path / "store"),
+            "RD_ASSETS_INDEX": str(tmp_path / "i.sqlite3"),
+            "RD_ASSETS_KEEP_VERSIONS": "5",
+            "RD_ASSETS_SIGNING_KEY": "k",
+        },
+    )
+    assert (root.log_root, root.path_map_rules(), root.index_path) == (
         str(tmp_path / "log"),
         ["/a=/b", "F:/x=/y"],
         str(tmp_path / "i.sqlite3"),
@@ -103,12 +153,30 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     Definitions.validate_loadable(build_definitions(root, store))
 
 
-def test_executor_is_selectable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RD_ASSETS_EXECUTOR", "multiprocess")
-    assert definitions._executor().name == "multiprocess"
-    monkeypatch.setenv("RD_ASSETS_EXECUTOR", "threads")
-    with pytest.raises(ValueError, match="RD_ASSETS_EXECUTOR"):
-        definitions._executor()
+def test_settings_are_env_vars_resolved_at_run_time_not_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code location loads with no setting in the environment; a run without one fails naming it."""
+    configured = [*vars(defs.resources["rd_log_root"]).values(), *vars(defs.resources["bundle_store"]).values()]
+    assert {getattr(v, "env_var_name", None) for v in configured} - {None} == set(ENV_VARS)
+    assert all(
+        isinstance(v, EnvVar) for v in vars(defs.resources["rd_log_root"]).values() if hasattr(v, "env_var_name")
+    )
+    Definitions.validate_loadable(defs)
+    with pytest.raises(DagsterInvalidConfigError, match="RD_ASSETS_STORE"):
+        _resolved(monkeypatch, {name: "1" for name in ENV_VARS if name != "RD_ASSETS_STORE"})
+    with pytest.raises(DagsterResourceFunctionError) as refused:
+        _resolved(monkeypatch, {name: "0" for name in ENV_VARS})
+    assert isinstance(refused.value.__cause__, BundleStoreError)
+    assert "keep_versions is 0" in str(refused.value.__cause__)
+
+
+def test_executor_is_dagsters_own_and_runs_default_to_in_process() -> None:
+    """No rd-assets variable picks the executor: Dagster's own, and the job's run config selects in_process."""
+    job = defs.resolve_job_def("rd_task_job")
+    assert job.executor_def.name == "multi_or_in_process_executor"
+    assert job.partitioned_config is not None
+    run_config = job.partitioned_config.get_run_config_for_partition_key("2026-03-02_09-15-27-118204")
+    assert run_config == {"execution": {"config": {"in_process": {}}}}
+    assert "RD_ASSETS_EXECUTOR" not in (REPO / "rd_assets" / "definitions.py").read_text()
 
 
 def test_instance_and_workspace_files() -> None:

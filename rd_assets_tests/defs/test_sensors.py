@@ -33,7 +33,7 @@ def instance() -> DagsterInstance:
 
 def tick(instance: DagsterInstance, log_root: Path, cursor: str | None) -> SensorResult:
     """One evaluation, applying its partition requests the way the daemon does."""
-    resources = {"rd_log_root": RdLogRoot(log_root=str(log_root), path_map=[], index_path=None)}
+    resources = {"rd_log_root": RdLogRoot(log_root=str(log_root), path_map="", index_path=None)}
     with build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
         result = rd_task_sensor(context)
     assert isinstance(result, SensorResult)

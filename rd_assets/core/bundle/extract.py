@@ -1,7 +1,11 @@
-"""One task log dir in, one published bundle out: the whole extraction, as the CLI runs it.
+"""One task log dir in, one published bundle out: the one extraction, shared by the CLI and Dagster.
 
-The steps are the core's (read the task, resolve the weight, introspect it, resolve the factor order,
-model meta and factor code, assemble, publish); this module only decides what is fatal:
+:func:`extraction_stages` reads the task and resolves its parts in a fixed order (the chosen snapshot, the
+anchor, the weight and its model, the factor order, the factor code), yielding each part as soon as it is
+known and finally the complete :class:`BundleParts`; :func:`publish_parts` turns those parts into a published
+bundle. The CLI drains the stages (:func:`extract_task`); Dagster reports each stage as the materialization
+of its asset and wires the rules of :mod:`rd_assets.core.bundle.rules` as checks. This module decides what
+is fatal:
 
 * ``no_sota_factor_experiment`` (and every reading error) always;
 * ``weights_not_persisted`` unless ``allow_incomplete`` (then the bundle says ``selection_ready: false``);
@@ -17,6 +21,7 @@ Nothing is written under the log dir: the store and the index must live elsewher
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from rd_assets.core.artifacts.model_meta import build_model_meta
 from rd_assets.core.artifacts.path_map import PathMap
 from rd_assets.core.artifacts.weights import ModelWeight
 from rd_assets.core.bundle.assemble import BundleContent, assemble_bundle
+from rd_assets.core.bundle.rules import require_no_traversal
 from rd_assets.core.bundle.store import PublishResult, publish_bundle
 from rd_assets.core.contracts.artifact_models import FactorOrder, ModelMeta
 from rd_assets.core.contracts.bundle_models import ExtractReport, ExtractRun
@@ -37,7 +43,6 @@ from rd_assets.core.errors import (
     RdAssetsError,
     UnreadableSnapshotError,
     WeightsNotPersistedError,
-    WorkspaceTraversalError,
 )
 from rd_assets.core.session.access_log import AccessLog
 from rd_assets.core.session.file_format import SignatureStatus
@@ -106,15 +111,14 @@ class BundleParts:
 
 
 def _chosen(
-    log_dir: Path, reading: TaskReading, signing_key: str | None, access: AccessLog
+    log_dir: Path, reading: TaskReading, anchor: SotaFactorExperiment, signing_key: str | None, access: AccessLog
 ) -> tuple[AnchorReading, int]:
     """The anchor with its weight (weights are not cached) and how many snapshots this run unpickled."""
-    selection, anchor = reading.selection, reading.anchor
-    if anchor is None:
-        raise UnreadableSnapshotError("the chosen snapshot gave no anchor", path=selection.chosen_snapshot)
     if reading.chosen is not None:  # this read interpreted the chosen snapshot already
         return reading.chosen, reading.unpickled
-    chosen = reload_anchor(log_dir, selection, anchor.last_sota_factor_index, signing_key=signing_key, access=access)
+    chosen = reload_anchor(
+        log_dir, reading.selection, anchor.last_sota_factor_index, signing_key=signing_key, access=access
+    )
     return chosen, reading.unpickled + 1
 
 
@@ -154,15 +158,10 @@ def build_report(
     weight_error: ErrorInfo | None = None,
     alignment_error: ErrorInfo | None = None,
 ) -> ExtractReport:
-    """The extraction's diagnostics; the access lists come from ``access``, and a traversal is fatal.
-
-    Shared by every caller that assembles a bundle, so the same log dir gives the same report (and hash).
-    """
+    """The extraction's diagnostics; the access lists come from ``access``, and a traversal is fatal."""
     log_dir = log_dir.resolve()
+    require_no_traversal(access, log_dir, order)
     allowed = {order.dynamic_source} if order.dynamic_source else set()
-    violations = access.violations(log_dir, allowed)
-    if violations:
-        raise WorkspaceTraversalError(f"touched outside {SESSION_DIR}: {', '.join(violations)}", path=str(log_dir))
     notes = [f"signature: {selection.signature}"] if selection.signature else []
     if model is not None and model.introspection.feature_count is None:
         notes.append(f"model feature count unknown: {model.introspection.feature_count_reason}")
@@ -177,7 +176,7 @@ def build_report(
         chosen_snapshot=selection.chosen_snapshot,
         skipped_candidates=[c.error for c in selection.candidates if c.error is not None],
         paths_opened_outside_session=_outside_session(access, log_dir),
-        access_violations=violations,
+        access_violations=access.violations(log_dir, allowed),
         path_map=[f"{rule.source}={rule.target}" for rule in path_map.rules],
         config_name=order.config_name,
         model=model.introspection if model is not None else None,
@@ -192,7 +191,64 @@ def build_report(
     )
 
 
-def collect_parts(
+@dataclass(frozen=True)
+class SessionStage:
+    """The chosen snapshot; ``anchor_error`` says why it gave no anchor (the extraction stops right after)."""
+
+    selection: SnapshotSelection
+    anchor_error: RdAssetsError | None
+    unpickled: int
+    """Snapshots unpickled so far (fewer when the index knew them)."""
+    index_state: str
+    """``enabled`` or why the snapshot index was not used."""
+
+
+@dataclass(frozen=True)
+class AnchorStage:
+    """The last SOTA factor experiment of the chosen trace."""
+
+    anchor: SotaFactorExperiment
+
+
+@dataclass(frozen=True)
+class WeightStage:
+    """The anchor's weight and what its model is; ``weight`` is None only when incompleteness is allowed."""
+
+    weight: ModelWeight | None
+    model: ModelExport | None
+    error: ErrorInfo | None
+    unpickled: int
+    """Snapshots unpickled by the whole extraction (the chosen one is read again for its weight bytes)."""
+
+
+@dataclass(frozen=True)
+class OrderStage:
+    """The model's input order; an unconfirmed one is fatal right after (unless incompleteness is allowed)."""
+
+    order: FactorOrder
+
+
+@dataclass(frozen=True)
+class CodeStage:
+    """Every SOTA factor's code file and the anchor's own."""
+
+    code: FactorCodeSet
+
+
+Stage = SessionStage | AnchorStage | WeightStage | OrderStage | CodeStage | BundleParts
+
+
+def _alignment_error(order: FactorOrder, allow_incomplete: bool) -> ErrorInfo | None:
+    try:
+        require_aligned(order)
+    except FeatureCountMismatchError as exc:
+        if not allow_incomplete:
+            raise
+        return _error_info(exc)
+    return None
+
+
+def extraction_stages(
     log_dir: Path,
     *,
     path_map: PathMap,
@@ -200,37 +256,44 @@ def collect_parts(
     signing_key: str | None = None,
     allow_incomplete: bool = False,
     access: AccessLog | None = None,
-) -> BundleParts:
-    """Read the task and resolve every part of its bundle; raises the fatal typed errors (module docstring)."""
+) -> Iterator[Stage]:
+    """Read the task and resolve its parts, yielding each stage in order and finally the :class:`BundleParts`.
+
+    A fatal typed error (module docstring) is raised in the stage that meets it, after the stages before it
+    were yielded; a consumer that stops early reads nothing more.
+    """
     log_dir = log_dir.resolve()
     access = access if access is not None else AccessLog()
     refuse_inside(log_dir, "snapshot index", index.path)
     reading = read_task(log_dir, index=index, signing_key=signing_key, access=access)
+    index_state = index.unavailable_reason or "enabled"
+    selection = reading.selection
+    yield SessionStage(selection, reading.error, reading.unpickled, index_state)
     if reading.error is not None:
         raise reading.error
-    selection = reading.selection
-    chosen, unpickled = _chosen(log_dir, reading, signing_key, access)
     anchor = reading.anchor
-    assert anchor is not None  # _chosen refused a reading without one
+    if anchor is None:
+        raise UnreadableSnapshotError("the chosen snapshot gave no anchor", path=selection.chosen_snapshot)
+    yield AnchorStage(anchor)
+
+    chosen, unpickled = _chosen(log_dir, reading, anchor, signing_key, access)
     weight, weight_error = _weight(chosen, allow_incomplete)
-    del chosen, reading
+    del chosen, reading  # the loop object is large: keep only what the bundle needs
     model = introspect_model(weight.data) if weight is not None else None
-    weight_class = model.introspection.class_path if model is not None else None
+    yield WeightStage(weight, model, weight_error, unpickled)
+
     order = resolve_factor_order(
         anchor,
         model_feature_count=model.introspection.feature_count if model is not None else None,
-        weight_class_path=weight_class,
+        weight_class_path=model.introspection.class_path if model is not None else None,
         path_map=path_map,
         access=access,
     )
-    alignment_error = None
-    try:
-        require_aligned(order)
-    except FeatureCountMismatchError as exc:
-        if not allow_incomplete:
-            raise
-        alignment_error = _error_info(exc)
+    yield OrderStage(order)
+    alignment_error = _alignment_error(order, allow_incomplete)
+
     code = build_factor_code(anchor)
+    yield CodeStage(code)
 
     report = build_report(
         log_dir=log_dir,
@@ -242,11 +305,11 @@ def collect_parts(
         model=model,
         weight=weight,
         code=code,
-        run=ExtractRun(unpickled_snapshots=unpickled, index=index.unavailable_reason or "enabled"),
+        run=ExtractRun(unpickled_snapshots=unpickled, index=index_state),
         weight_error=weight_error,
         alignment_error=alignment_error,
     )
-    return BundleParts(
+    yield BundleParts(
         selection=selection,
         anchor=anchor,
         weight=weight,
@@ -256,6 +319,35 @@ def collect_parts(
         model_meta=build_model_meta(anchor, model=model.introspection if model is not None else None),
         report=report,
     )
+
+
+def collect_parts(
+    log_dir: Path,
+    *,
+    path_map: PathMap,
+    index: SnapshotIndex,
+    signing_key: str | None = None,
+    allow_incomplete: bool = False,
+    access: AccessLog | None = None,
+) -> BundleParts:
+    """Every stage of :func:`extraction_stages`, keeping only the complete parts."""
+    *_, parts = extraction_stages(
+        log_dir,
+        path_map=path_map,
+        index=index,
+        signing_key=signing_key,
+        allow_incomplete=allow_incomplete,
+        access=access,
+    )
+    assert isinstance(parts, BundleParts)  # the last stage always is
+    return parts
+
+
+def publish_parts(parts: BundleParts, *, store: Path, keep_versions: int = 3) -> ExtractOutcome:
+    """The one way resolved parts become a published bundle (CLI and Dagster): assemble, publish atomically."""
+    content = parts.assemble()
+    publish = publish_bundle(store, content, keep_versions=keep_versions)
+    return ExtractOutcome(content=content, publish=publish, report=parts.report)
 
 
 def extract_task(
@@ -279,6 +371,4 @@ def extract_task(
         allow_incomplete=allow_incomplete,
         access=access,
     )
-    content = parts.assemble()
-    publish = publish_bundle(store, content, keep_versions=keep_versions)
-    return ExtractOutcome(content=content, publish=publish, report=parts.report)
+    return publish_parts(parts, store=store, keep_versions=keep_versions)

@@ -1,9 +1,12 @@
-"""The README's command for real: `dagster dev` (webserver + daemon) picks up the samples and goes green.
+"""What `make dev` starts, for real: `dg dev` (webserver + daemon) picks up the samples and goes green.
 
 Starts the real processes on a free 127.0.0.1 port with a temporary DAGSTER_HOME and store, talks to the
-webserver over HTTP/GraphQL only, and stops every process it started by process group. A background
-`dagster dev` ignores SIGINT unless it is reset before exec, hence the ``preexec_fn``. Opt out with
-``RD_ASSETS_SKIP_SMOKE=1`` on machines that cannot run servers.
+webserver over HTTP/GraphQL only, and stops every process it started by process group. The settings reach
+the code location only through a ``.env`` in the working directory (no ``RD_ASSETS_*`` variable is passed),
+as ``make dev`` provides them; it runs from a temporary directory with the repository's ``workspace.yaml``
+so a developer's own ``.env`` in the repository cannot redirect it (``dg check defs`` covers
+``[tool.dg.project]``). A background `dg dev` ignores SIGINT unless it is reset before exec, hence the
+``preexec_fn``. Opt out with ``RD_ASSETS_SKIP_SMOKE=1`` on machines that cannot run servers.
 """
 
 import contextlib
@@ -21,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rd_assets.core.samples import SAMPLE_TASKS, SAMPLES_DIR
+from rd_assets.core.samples import SAMPLE_PATH_MAP, SAMPLE_SIGNING_KEY, SAMPLE_TASKS, SAMPLES_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = SAMPLES_DIR
@@ -30,7 +33,7 @@ GREEN_CHECKS = {
     "model_weight": {"model_weight_source_is_factor_exp"},
     "factor_order": {"no_workspace_traversal", "factor_order_matches_model"},
     "factor_code": {"factor_code_complete"},
-    "aistock_bundle": {"bundle_integrity"},
+    "aistock_bundle": {"bundle_integrity", "selection_ready"},
 }
 DEADLINE_S = 100
 
@@ -89,29 +92,35 @@ def _stop(proc: subprocess.Popen) -> None:
             else:
                 time.sleep(0.2)
     proc.wait(timeout=5)
-    assert not _group_alive(pgid), "a process of the dagster dev group survived SIGKILL"
+    assert not _group_alive(pgid), "a process of the dg dev group survived SIGKILL"
 
 
 @pytest.fixture
-def dagster_dev(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
+def dg_dev(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
     port = _free_port()
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
+    settings = {
         "RD_ASSETS_LOG_ROOT": str(SAMPLES / "log"),
+        "RD_ASSETS_PATH_MAP": SAMPLE_PATH_MAP,
         "RD_ASSETS_STORE": str(tmp_path / "store"),
         "RD_ASSETS_INDEX": str(tmp_path / "index" / "snapshot-index.sqlite3"),
+        "RD_ASSETS_KEEP_VERSIONS": "3",
+        "RD_ASSETS_SIGNING_KEY": SAMPLE_SIGNING_KEY,
+        "RD_ASSETS_ALLOW_UNSIGNED": "1",
     }
-    env.pop("RD_ASSETS_PATH_MAP", None)
-    log = tmp_path / "dagster_dev.log"
-    dagster = Path(sys.executable).with_name("dagster")
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    (workdir / ".env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RD_ASSETS_") or k == "RD_ASSETS_SAMPLES"}
+    env["DAGSTER_HOME"] = str(home)
+    log = tmp_path / "dg_dev.log"
+    dg = Path(sys.executable).with_name("dg")
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO,  # the README's command: workspace.yaml of the repo root
+            [str(dg), "dev", "-w", str(REPO / "workspace.yaml"), "--host", "127.0.0.1", "--port", str(port)],
+            cwd=workdir,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -135,11 +144,11 @@ def _wait(what: str, probe, deadline: float, log: Path) -> Any:
             return value
         time.sleep(1)
     tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
-    pytest.fail(f"timed out waiting for {what}; dagster dev log tail:\n{tail}")
+    pytest.fail(f"timed out waiting for {what}; dg dev log tail:\n{tail}")
 
 
-def test_dagster_dev_materializes_the_samples_with_green_checks(dagster_dev: tuple[str, Path, Path]) -> None:
-    url, store, log = dagster_dev
+def test_dg_dev_materializes_the_samples_with_green_checks(dg_dev: tuple[str, Path, Path]) -> None:
+    url, store, log = dg_dev
     deadline = time.monotonic() + DEADLINE_S
     client = httpx.Client(base_url=url, timeout=10)
 

@@ -1,0 +1,235 @@
+"""The six assets of one task, materialized by one step that runs the core's one extraction.
+
+:func:`rd_assets.core.bundle.extract.extraction_stages` resolves the task stage by stage; each stage becomes
+the materialization of its asset (:mod:`rd_assets.defs.specs`) with the checks that belong to it, in the
+graph's order. A typed error, or a failed blocking check, ends the step with a :class:`dagster.Failure` before
+any later asset is materialized, so nothing is published; the checks of assets never reached are not reported.
+The parts reach the bundle through :func:`rd_assets.core.bundle.extract.publish_parts`, exactly as in
+``rd-assets extract``, so Dagster and the CLI publish the same bytes.
+
+Why one step rather than one per asset: the values of a task are one reading of one snapshot. Ten steps (six
+assets, four checks) meant three reads of the task (the chosen snapshot unpickled twice on a cold index), every
+value written to disk and read back by an IO manager, and the access audit read back from the instance; one
+step reads once and keeps the values in memory. An in-process run of one sample task went from 1.5-2.2x the CLI
+``rd-assets extract`` to 0.9-1.1x (``bench/bench_dagster_run.py``); what is left is Dagster's own event log.
+The lineage is unchanged: six assets, their dependencies, their checks, each materialization with its own
+metadata and, where the value has an identity (fingerprint, weight sha256, content hash), a data version.
+
+The results carry metadata, checks and data versions but no ``value``: these specs declare no IO-managed
+output (``MaterializeResult(value=...)`` would hand each value to an IO manager, which here would only store a
+second copy of what the published bundle already holds).
+"""
+
+from collections.abc import Iterator
+from contextlib import closing
+from functools import cached_property
+from pathlib import Path
+
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetKey,
+    DataVersion,
+    MaterializeResult,
+    MetadataValue,
+    multi_asset,
+    with_source_code_references,
+)
+
+from rd_assets.core.bundle import rules
+from rd_assets.core.bundle.extract import (
+    AnchorStage,
+    BundleParts,
+    CodeStage,
+    OrderStage,
+    SessionStage,
+    Stage,
+    WeightStage,
+    extraction_stages,
+    publish_parts,
+    refuse_inside,
+)
+from rd_assets.core.bundle.task_status import clear_failure, is_task_failure, record_failure
+from rd_assets.core.contracts.models import ErrorInfo, SotaFactorExperiment
+from rd_assets.core.errors import RdAssetsError, WeightsNotPersistedError
+from rd_assets.core.session.access_log import AccessLog
+from rd_assets.core.session.fingerprint import selection_fingerprint
+from rd_assets.defs import check_results
+from rd_assets.defs.failures import failure
+from rd_assets.defs.metadata import (
+    StageAccess,
+    anchor_metadata,
+    bundle_metadata,
+    code_metadata,
+    order_metadata,
+    session_metadata,
+    weight_metadata,
+)
+from rd_assets.defs.overview import overview_metadata
+from rd_assets.defs.resources import BundleStore, RdLogRoot
+from rd_assets.defs.specs import (
+    AISTOCK_BUNDLE,
+    ASSET_SPECS,
+    CHAIN,
+    CHECK_SPECS,
+    FACTOR_CODE,
+    FACTOR_ORDER,
+    LAST_SOTA_FACTOR_EXP,
+    MODEL_WEIGHT,
+    SESSION_SNAPSHOT,
+)
+
+Event = MaterializeResult | AssetCheckResult
+
+
+class _TaskRun:
+    """One step's walk through the stages: what the later stages need from the earlier ones."""
+
+    def __init__(self, context: AssetExecutionContext, rd_log_root: RdLogRoot, bundle_store: BundleStore) -> None:
+        self.context = context
+        self.rd_log_root = rd_log_root
+        self.bundle_store = bundle_store
+        self.access = AccessLog()
+        self.touched = StageAccess(self.access)
+        self.resolved = 0
+        """How many assets of :data:`CHAIN` are materialized; the next one is what a typed error is reported on."""
+        self.fingerprint = ""
+        self.anchor: SotaFactorExperiment | None = None
+        self.weight: WeightStage | None = None
+
+    @property
+    def pending(self) -> AssetKey:
+        return CHAIN[min(self.resolved, len(CHAIN) - 1)]
+
+    @cached_property
+    def log_dir(self) -> Path:
+        """The task's log dir; a partition key that is not a task id is refused before any path is built."""
+        return self.rd_log_root.log_dir(self.context.partition_key).resolve()
+
+    def events(self) -> Iterator[Event]:
+        try:
+            refuse_inside(self.log_dir, "bundle store", self.bundle_store.path)
+            with self.rd_log_root.open_index() as index:
+                stages = extraction_stages(
+                    self.log_dir,
+                    path_map=self.rd_log_root.parsed_path_map(),
+                    index=index,
+                    signing_key=self.rd_log_root.signing_key(),
+                    access=self.access,
+                )
+                with closing(stages):
+                    for stage in stages:
+                        yield from self._stage(stage)
+                        self.resolved += 1
+        except WeightsNotPersistedError as exc:
+            assert self.anchor is not None  # the weight is resolved after the anchor
+            error = ErrorInfo(code=exc.code, message=exc.message, path=exc.path)
+            yield check_results.weight_source(None, self.anchor, error)
+            self._record_failure(exc)
+            raise failure(exc, asset=self.pending) from exc
+        except RdAssetsError as exc:
+            self._record_failure(exc)
+            raise failure(exc, asset=self.pending) from exc
+
+    def _record_failure(self, exc: RdAssetsError) -> None:
+        """Keep the store's failure record in step (the API answers ``failed`` with this reason), as the CLI does."""
+        if not is_task_failure(exc):
+            return
+        try:
+            record_failure(
+                self.bundle_store.path, self.context.partition_key, exc, fingerprint=self.fingerprint or None
+            )
+        except RdAssetsError as unrecorded:  # the step fails with the task's own error either way
+            self.context.log.error(f"failure record not written: {unrecorded.code}: {unrecorded.message}")
+
+    def _stage(self, stage: Stage) -> Iterator[Event]:
+        match stage:
+            case SessionStage():
+                self.fingerprint = selection_fingerprint(stage.selection).token
+                yield self._materialize(
+                    SESSION_SNAPSHOT, session_metadata(stage, self.fingerprint), DataVersion(self.fingerprint)
+                )
+            case AnchorStage():
+                self.anchor = stage.anchor
+                yield self._materialize(LAST_SOTA_FACTOR_EXP, anchor_metadata(stage))
+            case WeightStage():
+                yield from self._weight(stage)
+            case OrderStage():
+                yield from self._order(stage)
+            case CodeStage():
+                assert self.anchor is not None
+                check = check_results.code_complete(stage.code, self.anchor)
+                yield self._materialize(FACTOR_CODE, code_metadata(stage.code, self.anchor), checks=[check])
+            case BundleParts():
+                yield self._publish(stage)
+
+    def _materialize(
+        self,
+        key: AssetKey,
+        metadata: dict[str, MetadataValue],
+        data_version: DataVersion | None = None,
+        checks: list[AssetCheckResult] | None = None,
+    ) -> MaterializeResult:
+        return MaterializeResult(
+            asset_key=key,
+            metadata={**metadata, **self.touched.take()},
+            data_version=data_version,
+            check_results=checks or [],
+        )
+
+    def _weight(self, stage: WeightStage) -> Iterator[Event]:
+        assert self.anchor is not None and stage.weight is not None  # a missing weight raised in the stage
+        self.weight = stage
+        check = check_results.weight_source(stage.weight, self.anchor)
+        yield self._materialize(
+            MODEL_WEIGHT, weight_metadata(stage), DataVersion(stage.weight.info.sha256), checks=[check]
+        )
+        if not check.passed:
+            rules.require_weight_source(stage.weight, self.anchor)
+
+    def _order(self, stage: OrderStage) -> Iterator[Event]:
+        assert self.weight is not None
+        traversal = check_results.no_traversal(self.access, self.log_dir, stage.order)
+        matches = check_results.order_matches_model(stage.order)
+        yield self._materialize(FACTOR_ORDER, order_metadata(stage, self.weight), checks=[traversal, matches])
+        if not traversal.passed:
+            rules.require_no_traversal(self.access, self.log_dir, stage.order)
+        if not matches.passed:
+            rules.require_order_matches(stage.order)
+
+    def _publish(self, parts: BundleParts) -> MaterializeResult:
+        outcome = publish_parts(parts, store=self.bundle_store.path, keep_versions=self.bundle_store.keep_versions)
+        manifest = outcome.content.manifest
+        clear_failure(self.bundle_store.path, manifest.task_id)
+        self.bundle_store.record_publication(
+            task_id=manifest.task_id,
+            fingerprint=self.fingerprint,
+            content_hash=outcome.publish.content_hash,
+            version_dir=outcome.publish.version_dir,
+            run_id=self.context.run.run_id,
+        )
+        checks = [
+            check_results.bundle_integrity(self.bundle_store.path, manifest.task_id, manifest),
+            check_results.selection_ready(manifest),
+        ]
+        return self._materialize(
+            AISTOCK_BUNDLE,
+            {**bundle_metadata(outcome, self.fingerprint), **overview_metadata(parts)},
+            DataVersion(outcome.publish.content_hash),
+            checks=checks,
+        )
+
+
+@multi_asset(
+    name="extract_rd_task",
+    specs=ASSET_SPECS,
+    check_specs=CHECK_SPECS,
+    description="Reads one RD-Agent task once and materializes its six assets in order, with their checks.",
+)
+def extract_rd_task(
+    context: AssetExecutionContext, rd_log_root: RdLogRoot, bundle_store: BundleStore
+) -> Iterator[Event]:
+    yield from _TaskRun(context, rd_log_root, bundle_store).events()
+
+
+rd_task_assets = with_source_code_references([extract_rd_task])
