@@ -20,7 +20,6 @@ Relative paths are resolved against the working directory of the Dagster process
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from pydantic import Field
 
 from rd_assets.core.artifacts.path_map import PathMap
 from rd_assets.core.contracts.models import Document
+from rd_assets.core.durable_files import write_atomic
 from rd_assets.core.errors import BundleStoreError, InvalidLogDirError
 from rd_assets.core.session.index import ENV_INDEX_PATH, SnapshotIndex
 from rd_assets.core.session.task_reader import ENV_SIGNING_KEY
@@ -45,24 +45,10 @@ ENV_KEEP_VERSIONS = "RD_ASSETS_KEEP_VERSIONS"
 STATE_DIR = ".dagster_state"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(6)}")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def task_path(base: Path, task_id: str) -> Path:
     """``base/<task_id>``, refusing anything that is not a task id (so nothing can traverse)."""
     if not is_task_id(task_id):
-        raise InvalidLogDirError(f"not a task id (YYYY-MM-DD_HH-MM-SS-ffffff): {task_id!r}", path=task_id)
+        raise InvalidLogDirError(f"not a safe task id: {task_id!r}", path=task_id)
     return base / task_id
 
 
@@ -148,6 +134,7 @@ class BundleStore(ConfigurableResource):
             run_id=run_id,
             recorded_at_utc=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         )
+        self.record_path(task_id).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.record_path(task_id), (record.model_dump_json(indent=2) + "\n").encode())
         return record
 

@@ -271,5 +271,5 @@ def test_a_partition_key_that_is_not_a_task_id_fails_typed_and_touches_nothing(t
         result = materialize_task(instance, resources, "../" + SAMPLE)
     assert not result.success and materialized(result) == []
     error, metadata = step_failure(result)
-    assert metadata["error_code"] == "invalid_log_dir" and "not a task id" in error
+    assert metadata["error_code"] == "invalid_log_dir" and "not a safe task id" in error
     assert not (tmp_path / "store").exists() and not (tmp_path / "index").exists()

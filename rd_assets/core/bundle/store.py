@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 
 from rd_assets.core.bundle.assemble import BundleContent, content_hash, file_entries
 from rd_assets.core.contracts.bundle_models import MANIFEST, Manifest
+from rd_assets.core.durable_files import fsync_dir
 from rd_assets.core.errors import BundleStoreError
 from rd_assets.core.task_ids import is_task_id
 
@@ -91,14 +92,6 @@ def current_version_dir(store: Path, task_id: str) -> Path | None:
     return version if version.is_dir() and not version.is_symlink() else None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_tree(root: Path, files: dict[str, bytes]) -> None:
     """Write every file and fsync files and directories, so a rename afterwards publishes durable bytes."""
     dirs = {root}
@@ -111,7 +104,7 @@ def _write_tree(root: Path, files: dict[str, bytes]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-        _fsync_dir(d)
+        fsync_dir(d)
 
 
 def _holds(version: Path, expected_hash: str) -> bool:
@@ -174,7 +167,7 @@ def _swap_link(store: Path, task_id: str, version_name: str) -> None:
     tmp_link = store / f"{LINK_TMP_PREFIX}{task_id}-{secrets.token_hex(6)}"
     os.symlink(f"{VERSIONS_DIR}/{task_id}/{version_name}", tmp_link)
     os.replace(tmp_link, link)
-    _fsync_dir(store)
+    fsync_dir(store)
 
 
 def publish_bundle(store: Path, content: BundleContent, *, keep_versions: int = 3) -> PublishResult:
@@ -220,7 +213,7 @@ def _publish_locked(store: Path, content: BundleContent, new_hash: str, keep_ver
         tmp.mkdir()
         _write_tree(tmp, content.files)
         os.rename(tmp, root / version_name)
-        _fsync_dir(root)
+        fsync_dir(root)
         _swap_link(store, task_id, version_name)
         _prune(root, version_name, keep_versions)
     return PublishResult(task_id, store / task_id, root / version_name, new_hash, changed=True)

@@ -14,7 +14,6 @@ record, the new one, or none, never a torn file, also after a crash.
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from rd_assets.core.contracts.status_models import TaskFailure
+from rd_assets.core.durable_files import fsync_dir, write_atomic
 from rd_assets.core.errors import RdAssetsError, TaskStatusError
 from rd_assets.core.task_ids import is_task_id
 
@@ -66,14 +66,6 @@ def _bounded(message: str) -> str:
     return f"{message[:MAX_MESSAGE_CHARS]} [cut: {len(message) - MAX_MESSAGE_CHARS} more characters]"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _existing_status_dir(store: Path) -> Path | None:
     """The records folder, or None if there is none; it must be a real folder (a symlink could lead elsewhere)."""
     directory = store / STATUS_DIR
@@ -115,17 +107,8 @@ def record_failure(store: Path, task_id: str, error: RdAssetsError, *, fingerpri
     )
     data = (record.model_dump_json(indent=2) + "\n").encode("utf-8")
     try:
-        directory = _ensure_status_dir(store)
-        tmp = directory / f".tmp-{task_id}-{secrets.token_hex(6)}"
-        try:
-            with open(tmp, "xb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(directory)
+        _ensure_status_dir(store)
+        write_atomic(path, data)
     except OSError as exc:
         raise TaskStatusError(f"cannot record the failure of {task_id}: {exc.strerror or exc}", path=str(path)) from exc
     return record
@@ -142,7 +125,7 @@ def clear_failure(store: Path, task_id: str) -> bool:
             path.unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except OSError as exc:
         raise TaskStatusError(f"cannot clear the failure of {task_id}: {exc.strerror or exc}", path=str(path)) from exc
     return True
