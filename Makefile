@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+DEV_PORT ?= 3000
 
-.PHONY: install dev test lint bench
+.PHONY: install dev dev-port-free test lint bench
 
 $(BIN)/rd-assets: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,15 +28,22 @@ lint: install
 .env:
 	cp .env.example .env
 
-# Extract the three bundled samples with the CLI, then start the Dagster UI + daemon on 127.0.0.1:3000.
-dev: install .env
+# `dg dev` does not stop when its webserver cannot bind (the daemon runs on, the UI never comes up), so the port
+# is checked first, the way the webserver binds it (SO_REUSEADDR: only a listening socket makes it fail).
+dev-port-free:
+	@$(PYTHON) -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' $(DEV_PORT) 2>/dev/null || \
+		{ echo "make dev: 127.0.0.1:$(DEV_PORT) is already in use (another dg dev?); stop it or run make dev DEV_PORT=<free port>" >&2; exit 1; }
+
+# Extract the three bundled samples with the CLI, then start the Dagster UI + daemon on 127.0.0.1:$(DEV_PORT)
+# (services log at INFO; the job's run config keeps the run workers' DEBUG events out of the terminal).
+dev: dev-port-free install .env
 	set -a && . ./.env && set +a && \
 	for task in "$$RD_ASSETS_LOG_ROOT"/*/; do \
 		$(BIN)/rd-assets extract "$$task" --store "$$RD_ASSETS_STORE" \
 			$$(printf '%s' "$$RD_ASSETS_PATH_MAP" | tr ';' '\n' | sed -n 's/^ *\(..*\)$$/--path-map=\1/p') || exit 1; \
 	done
 	mkdir -p .dagster_home && cp dagster.yaml .dagster_home/dagster.yaml
-	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dg dev --host 127.0.0.1 --port 3000
+	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dg dev --host 127.0.0.1 --port $(DEV_PORT) --log-level info
 
 bench: install
 	$(BIN)/python bench/bench_session_reader.py

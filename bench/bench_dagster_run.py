@@ -34,7 +34,7 @@ from dagster import DagsterInstance
 
 from rd_assets.core.samples import PLAIN_TASK, SAMPLE_PATH_MAP, SAMPLE_SIGNING_KEY, SAMPLES_DIR
 from rd_assets.definitions import build_definitions
-from rd_assets.defs.jobs import IN_PROCESS
+from rd_assets.defs.jobs import RUN_CONFIG
 from rd_assets.defs.partitions import RD_TASK_PARTITIONS_NAME
 from rd_assets.defs.resources import BundleStore, RdLogRoot
 
@@ -104,7 +104,7 @@ def main() -> None:
             "--partition",
             args.task,
             "--config-json",
-            json.dumps(IN_PROCESS),  # what the daemon resolves for a partition run of rd_task_job
+            json.dumps(RUN_CONFIG),  # what the daemon resolves for a partition run of rd_task_job
         ]
 
         def run_fresh() -> None:

@@ -30,6 +30,15 @@ def expected_for(task_id: str) -> dict[str, Any]:
     return json.loads((SAMPLES / "expected" / f"{task_id}.expected.json").read_text())
 
 
+def copy_sample_task(task_id: str, log_root: Path) -> Path:
+    """Copy one sample task log dir to ``<log_root>/<task_id>``, editable (the shared tree is read-only)."""
+    target = log_root / task_id
+    shutil.copytree(SAMPLE_LOGS / task_id, target)
+    for path in [target, *target.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return target
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _samples_present() -> None:
     if not SAMPLE_LOGS.is_dir():
@@ -56,11 +65,4 @@ def log_root(tmp_path: Path) -> Path:
 def copy_sample(tmp_path: Path) -> Callable[[str], Path]:
     """Copy one sample task log dir into tmp_path (for tests that change files); returns the copy's log dir."""
 
-    def copy(task_id: str) -> Path:
-        target = tmp_path / "samples-copy" / task_id
-        shutil.copytree(SAMPLE_LOGS / task_id, target)
-        for path in [target, *target.rglob("*")]:  # the shared tree is read-only; the copy must be editable
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        return target
-
-    return copy
+    return lambda task_id: copy_sample_task(task_id, tmp_path / "samples-copy")

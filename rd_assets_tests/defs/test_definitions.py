@@ -170,12 +170,15 @@ def test_settings_are_env_vars_resolved_at_run_time_not_at_import(monkeypatch: p
 
 
 def test_executor_is_dagsters_own_and_runs_default_to_in_process() -> None:
-    """No rd-assets variable picks the executor: Dagster's own, and the job's run config selects in_process."""
+    """No rd-assets variable picks the executor: Dagster's own; the run config selects in_process, console INFO."""
     job = defs.resolve_job_def("rd_task_job")
     assert job.executor_def.name == "multi_or_in_process_executor"
     assert job.partitioned_config is not None
     run_config = job.partitioned_config.get_run_config_for_partition_key("2026-03-02_09-15-27-118204")
-    assert run_config == {"execution": {"config": {"in_process": {}}}}
+    assert run_config == {
+        "execution": {"config": {"in_process": {}}},
+        "loggers": {"console": {"config": {"log_level": "INFO"}}},
+    }
     assert "RD_ASSETS_EXECUTOR" not in (REPO / "rd_assets" / "definitions.py").read_text()
 
 
