@@ -85,17 +85,23 @@ class Service:
             return False
         return True
 
-    def stop(self) -> None:
-        """SIGTERM the group (a clean shutdown), then SIGKILL; then every descendant it left, by PID."""
+    def descendants(self) -> list[psutil.Process]:
         try:
-            descendants = psutil.Process(self.pid).children(recursive=True)
+            return psutil.Process(self.pid).children(recursive=True)
         except psutil.NoSuchProcess:
-            descendants = []
+            return []
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, sig)
+
+    def stop(self, descendants: list[psutil.Process] | None = None) -> None:
+        """SIGTERM the group (a clean shutdown), then SIGKILL; then every descendant it left, by PID."""
+        descendants = self.descendants() if descendants is None else descendants
         for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
             if not self.alive():
                 break
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, sig)
+            self.signal_group(sig)
             end = time.monotonic() + grace
             while time.monotonic() < end and self.alive():
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -267,12 +273,15 @@ class DeployStack:
         self.services.remove(service)
 
     def stop_all(self) -> None:
-        """Every process, in :data:`STOP_ORDER`; raises when one could not be stopped."""
+        """Every process: all groups get SIGTERM at once (daemon first), then each is waited for."""
         order = sorted(self.services, key=lambda s: STOP_ORDER.index(s.name.split(":")[0]))
+        descendants = {s.pid: s.descendants() for s in order}
+        for service in order:
+            service.signal_group(signal.SIGTERM)
         errors = []
         for service in order:
             try:
-                service.stop()
+                service.stop(descendants[service.pid])
             except RuntimeError as exc:
                 errors.append(str(exc))
         self.services.clear()
@@ -311,6 +320,8 @@ class GraphQL:
                 value = probe()
             except (httpx.HTTPError, AssertionError) as exc:
                 value, last_error = None, exc
+            else:
+                last_error = None
             if value:
                 return value
             time.sleep(interval)
@@ -409,7 +420,10 @@ class GraphQL:
         return result["backfillId"]
 
     def backfill(self, backfill_id: str) -> dict[str, Any]:
-        return self(BACKFILL, id=backfill_id)["partitionBackfillOrError"]
+        """Status and runs of a backfill (run tags as a dict)."""
+        found = self(BACKFILL, id=backfill_id)["partitionBackfillOrError"]
+        runs = [{**r, "tags": {t["key"]: t["value"] for t in r["tags"]}} for r in found.get("runs") or []]
+        return {**found, "runs": runs}
 
 
 ASSET_NODES = """{
