@@ -40,7 +40,7 @@ DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent
 SAMPLE_LOGS = SAMPLES_DIR / "log"
 LOCATION = "rd_assets"
-JOB = "rd_task_job"
+CODE_LOCATION = ("-m", "rd_assets.definitions")
 REPOSITORY = "__repository__"
 ASSETS = ("session_snapshot", "last_sota_factor_exp", "model_weight", "factor_order", "factor_code", "aistock_bundle")
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -55,6 +55,13 @@ def dagster_cmd(name: str) -> str:
     if path is None:
         raise FileNotFoundError(f"{name} is not installed next to {sys.executable}")
     return path
+
+
+def default_signals() -> None:
+    """Runs in the child before exec: a background shell (CI, nohup) starts us with SIGINT ignored, which exec
+    keeps; Dagster's processes then sit out SIGTERM's grace period instead of shutting down."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def copy_task(task_id: str, log_root: Path, *, as_id: str | None = None) -> Path:
@@ -162,19 +169,17 @@ class DeployStack:
     root: Path
     postgres: PostgresServer
     database: str
-    instance_overrides: Mapping[str, Any] = field(default_factory=dict)
     services: list[Service] = field(default_factory=list)
     code_servers: list[CodeServer] = field(default_factory=list)
     webserver_url: str | None = None
     started: int = 0
+    shared_log_root: Path | None = None
+    """A log root outside ``root`` (the benchmark's generated tasks); default ``<root>/log``."""
 
     def __post_init__(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_root.mkdir(parents=True, exist_ok=True)
-        config = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
-        for section, values in self.instance_overrides.items():
-            config[section] = {**config.get(section, {}), **values}
-        (self.home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        shutil.copyfile(DEPLOY / "dagster.yaml", self.home / "dagster.yaml")
 
     @property
     def home(self) -> Path:
@@ -182,7 +187,7 @@ class DeployStack:
 
     @property
     def log_root(self) -> Path:
-        return self.root / "log"
+        return self.shared_log_root or self.root / "log"
 
     @property
     def store(self) -> Path:
@@ -223,14 +228,17 @@ class DeployStack:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=default_signals,
             )
         service = Service(name, proc, log)
         self.services.append(service)
         return service
 
-    def start_code_server(self, location: str = LOCATION, host: str = "a") -> CodeServer:
+    def start_code_server(
+        self, location: str = LOCATION, host: str = "a", target: tuple[str, ...] = CODE_LOCATION
+    ) -> CodeServer:
         port = free_port()
-        argv = [dagster_cmd("dagster"), "api", "grpc", "-m", "rd_assets.definitions"]
+        argv = [dagster_cmd("dagster"), "api", "grpc", *target]
         argv += ["-h", "127.0.0.1", "-p", str(port), "--location-name", location]
         service = self._start(f"code-server:{location}", argv, self.env(host))
         server = CodeServer(service, port, location)
@@ -329,12 +337,12 @@ class GraphQL:
             f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error})\n{self.on_timeout()}"
         )
 
-    def ready(self, timeout: float = 120) -> None:
-        """The webserver answers and has loaded the code location(s) with the six assets."""
+    def ready(self, timeout: float = 120, assets: tuple[str, ...] = ASSETS) -> None:
+        """The webserver answers and has loaded the code location(s) with ``assets``."""
 
         def loaded() -> bool:
             nodes = self(ASSET_NODES)["assetNodes"]
-            return set(ASSETS) <= {n["assetKey"]["path"][-1] for n in nodes}
+            return set(assets) <= {n["assetKey"]["path"][-1] for n in nodes}
 
         self.wait("the webserver to load the code location", loaded, timeout)
 
