@@ -4,12 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEV_PORT ?= 3000
 
-.PHONY: install dev dev-port-free test lint bench
+.PHONY: install dev dev-port-free test lint bench lock
 
-$(BIN)/rd-assets: pyproject.toml
+# requirements.lock pins every package the suite ran with (`make lock` regenerates it from pyproject.toml);
+# it is a constraints file, so pyproject.toml still says what is needed and the lock only says which release.
+$(BIN)/rd-assets: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[test,deploy]'
 	touch $@
 
 install: $(BIN)/rd-assets
@@ -18,6 +20,12 @@ test: install
 	$(BIN)/ruff check rd_assets rd_assets_tests bench
 	$(BIN)/ruff format --check rd_assets rd_assets_tests bench
 	$(BIN)/pytest -q
+
+# torch is pinned without its local label so pip takes the CPU wheel where one is on disk (see README).
+lock: install
+	$(BIN)/pip-compile --quiet --extra test --extra deploy --strip-extras --no-emit-index-url --no-emit-find-links \
+		--output-file requirements.lock pyproject.toml
+	sed -i 's/^torch==\([0-9.]*\)+cpu/torch==\1/' requirements.lock
 
 lint: install
 	$(BIN)/ruff check --fix rd_assets rd_assets_tests bench
