@@ -212,6 +212,7 @@ class DeployStack:
             "RD_ASSETS_PATH_MAP": SAMPLE_PATH_MAP,
             "RD_ASSETS_SIGNING_KEY": SAMPLE_SIGNING_KEY,
             "RD_ASSETS_ALLOW_UNSIGNED": "1",
+            "RD_ASSETS_KEEP_VERSIONS": "3",
         }
         return env | extra
 
