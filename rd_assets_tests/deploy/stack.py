@@ -396,6 +396,26 @@ class GraphQL:
                 return events
             cursor = conn["cursor"]
 
+    def mid_run(self, task_id: str, timeout: float) -> str:
+        """The id of the sensor's run of ``task_id``, once it has started and materialized its first asset.
+
+        The moment the fault tests strike: the run is under way and has written to the store and the event log.
+        """
+        run = self.wait(
+            "the sensor's run to start",
+            lambda: next((r for r in self.runs_of(task_id) if r["status"] == "STARTED"), None),
+            timeout,
+            interval=0.1,
+        )
+        run_id: str = run["runId"]
+        self.wait(
+            "the run's first materialization",
+            lambda: any(e["__typename"] == "MaterializationEvent" for e in self.run_events(run_id)),
+            timeout,
+            interval=0.1,
+        )
+        return run_id
+
     def worker_pid(self, run_id: str) -> int:
         """The PID of the process that executed ``run_id`` (the launcher's "Started process for run" event)."""
         for event in self.run_events(run_id):

@@ -33,19 +33,7 @@ def test_postgres_outage_fails_the_run_in_flight_loudly_and_the_next_tick_recove
         daemon = stack.start_daemon()
         with graphql_for(stack) as gql:
             gql.ready()
-            run = gql.wait(
-                "the sensor's run to start",
-                lambda: next((r for r in gql.runs_of(PLAIN_TASK) if r["status"] == "STARTED"), None),
-                TIMEOUT_S,
-                interval=0.1,
-            )
-            run_id = run["runId"]
-            gql.wait(
-                "the run's first materialization",
-                lambda: any(e["__typename"] == "MaterializationEvent" for e in gql.run_events(run_id)),
-                TIMEOUT_S,
-                interval=0.1,
-            )
+            run_id = gql.mid_run(PLAIN_TASK, TIMEOUT_S)
             server.stop()
             time.sleep(OUTAGE_S)
             server.start()

@@ -26,19 +26,7 @@ def test_killed_run_worker_is_failed_then_retried_to_a_complete_bundle(stack: De
 
     with graphql_for(stack) as gql:
         gql.ready()
-        run = gql.wait(
-            "the sensor's run to start",
-            lambda: next((r for r in gql.runs_of(SIGNED_TASK) if r["status"] == "STARTED"), None),
-            TIMEOUT_S,
-            interval=0.1,
-        )
-        run_id = run["runId"]
-        gql.wait(
-            "the run's first materialization",
-            lambda: any(e["__typename"] == "MaterializationEvent" for e in gql.run_events(run_id)),
-            TIMEOUT_S,
-            interval=0.1,
-        )
+        run_id = gql.mid_run(SIGNED_TASK, TIMEOUT_S)
         workers = code_server.run_workers()
         assert [w.pid for w in workers] == [gql.worker_pid(run_id)], "the one run worker is the run's process"
         os.kill(workers[0].pid, signal.SIGKILL)
