@@ -24,3 +24,21 @@ def failure(exc: RdAssetsError, *, asset: AssetKey) -> Failure:
             "asset": MetadataValue.text(asset.to_user_string()),
         },
     )
+
+
+MAX_LISTED = 20
+"""Failed tasks named in a batch failure's description; all of them are in its metadata."""
+
+
+def batch_failure(failed: dict[str, Failure], *, tasks: int) -> Failure:
+    """The step failure of a batch in which the tasks ``failed`` (each with its own failure) did not publish."""
+    lines = [f"{task_id}: {exc.description}" for task_id, exc in failed.items()]
+    more = f"\n(and {len(lines) - MAX_LISTED} more, see metadata)" if len(lines) > MAX_LISTED else ""
+    return Failure(
+        description=f"{len(failed)} of {tasks} tasks failed:\n" + "\n".join(lines[:MAX_LISTED]) + more,
+        metadata={
+            "failed_tasks": MetadataValue.json({task_id: exc.description for task_id, exc in failed.items()}),
+            "failed": MetadataValue.int(len(failed)),
+            "tasks": MetadataValue.int(tasks),
+        },
+    )

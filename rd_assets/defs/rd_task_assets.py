@@ -1,4 +1,4 @@
-"""The six assets of one task, materialized by one step that runs the core's one extraction.
+"""The six assets of a task, materialized by one step that runs the core's one extraction.
 
 :func:`rd_assets.core.bundle.extract.extraction_stages` resolves the task stage by stage; each stage becomes
 the materialization of its asset (:mod:`rd_assets.defs.specs`) with the checks that belong to it, in the
@@ -15,6 +15,14 @@ step reads once and keeps the values in memory. An in-process run of one sample 
 The lineage is unchanged: six assets, their dependencies, their checks, each materialization with its own
 metadata and, where the value has an identity (fingerprint, weight sha256, content hash), a data version.
 
+A backfill runs tasks in batches (``BackfillPolicy.multi_run``, :func:`rd_assets.defs.partitions.backfill_batch`
+tasks per run): the step then walks its range of tasks with one snapshot index, each task exactly as above, its
+results recorded on its own partition (:mod:`rd_assets.defs.partition_events`). A run costs a process start and
+a code load whatever it holds, so a backfill of 200 tasks pays them 8 times instead of 200
+(``bench/bench_deploy.py``). Every extraction holds the task's lock in the store from its read to its
+publication (:func:`rd_assets.core.bundle.store.extraction_lock`), so a batch and a sensor run of the same
+task, which Dagster's per-partition run limit cannot keep apart, never interleave.
+
 The results carry metadata, checks and data versions but no ``value``: these specs declare no IO-managed
 output (``MaterializeResult(value=...)`` would hand each value to an IO manager, which here would only store a
 second copy of what the published bundle already holds).
@@ -29,9 +37,12 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetKey,
+    BackfillPolicy,
     DataVersion,
+    Failure,
     MaterializeResult,
     MetadataValue,
+    Output,
     multi_asset,
     with_source_code_references,
 )
@@ -49,13 +60,15 @@ from rd_assets.core.bundle.extract import (
     publish_parts,
     refuse_inside,
 )
+from rd_assets.core.bundle.store import extraction_lock
 from rd_assets.core.bundle.task_status import clear_failure, is_task_failure, record_failure
 from rd_assets.core.contracts.models import ErrorInfo, SotaFactorExperiment
 from rd_assets.core.errors import RdAssetsError, WeightsNotPersistedError
 from rd_assets.core.session.access_log import AccessLog
 from rd_assets.core.session.fingerprint import selection_fingerprint
+from rd_assets.core.session.index import SnapshotIndex
 from rd_assets.defs import check_results
-from rd_assets.defs.failures import failure
+from rd_assets.defs.failures import batch_failure, failure
 from rd_assets.defs.metadata import (
     StageAccess,
     anchor_metadata,
@@ -66,6 +79,8 @@ from rd_assets.defs.metadata import (
     weight_metadata,
 )
 from rd_assets.defs.overview import overview_metadata
+from rd_assets.defs.partition_events import PartitionEvent, partition_events
+from rd_assets.defs.partitions import backfill_batch
 from rd_assets.defs.resources import BundleStore, RdLogRoot
 from rd_assets.defs.specs import (
     AISTOCK_BUNDLE,
@@ -85,10 +100,19 @@ Event = MaterializeResult | AssetCheckResult
 class _TaskRun:
     """One step's walk through the stages: what the later stages need from the earlier ones."""
 
-    def __init__(self, context: AssetExecutionContext, rd_log_root: RdLogRoot, bundle_store: BundleStore) -> None:
+    def __init__(
+        self,
+        context: AssetExecutionContext,
+        task_id: str,
+        rd_log_root: RdLogRoot,
+        bundle_store: BundleStore,
+        index: SnapshotIndex,
+    ) -> None:
         self.context = context
+        self.task_id = task_id
         self.rd_log_root = rd_log_root
         self.bundle_store = bundle_store
+        self.index = index
         self.access = AccessLog()
         self.touched = StageAccess(self.access)
         self.resolved = 0
@@ -104,16 +128,16 @@ class _TaskRun:
     @cached_property
     def log_dir(self) -> Path:
         """The task's log dir; a partition key that is not a task id is refused before any path is built."""
-        return self.rd_log_root.log_dir(self.context.partition_key).resolve()
+        return self.rd_log_root.log_dir(self.task_id).resolve()
 
     def events(self) -> Iterator[Event]:
         try:
             refuse_inside(self.log_dir, "bundle store", self.bundle_store.path)
-            with self.rd_log_root.open_index() as index:
+            with extraction_lock(self.bundle_store.path, self.task_id):
                 stages = extraction_stages(
                     self.log_dir,
                     path_map=self.rd_log_root.parsed_path_map(),
-                    index=index,
+                    index=self.index,
                     signing_key=self.rd_log_root.signing_key(),
                     access=self.access,
                 )
@@ -136,9 +160,7 @@ class _TaskRun:
         if not is_task_failure(exc):
             return
         try:
-            record_failure(
-                self.bundle_store.path, self.context.partition_key, exc, fingerprint=self.fingerprint or None
-            )
+            record_failure(self.bundle_store.path, self.task_id, exc, fingerprint=self.fingerprint or None)
         except RdAssetsError as unrecorded:  # the step fails with the task's own error either way
             self.context.log.error(f"failure record not written: {unrecorded.code}: {unrecorded.message}")
 
@@ -224,12 +246,40 @@ class _TaskRun:
     name="extract_rd_task",
     specs=ASSET_SPECS,
     check_specs=CHECK_SPECS,
-    description="Reads one RD-Agent task once and materializes its six assets in order, with their checks.",
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=backfill_batch()),
+    description="Reads each RD-Agent task once and materializes its six assets in order, with their checks.",
 )
 def extract_rd_task(
     context: AssetExecutionContext, rd_log_root: RdLogRoot, bundle_store: BundleStore
-) -> Iterator[Event]:
-    yield from _TaskRun(context, rd_log_root, bundle_store).events()
+) -> Iterator[Event | PartitionEvent | Output]:
+    with rd_log_root.open_index() as index:
+        if context.has_partition_key:
+            yield from _TaskRun(context, context.partition_key, rd_log_root, bundle_store, index).events()
+        else:
+            yield from _batch(context, rd_log_root, bundle_store, index)
+
+
+def _batch(
+    context: AssetExecutionContext, rd_log_root: RdLogRoot, bundle_store: BundleStore, index: SnapshotIndex
+) -> Iterator[PartitionEvent | Output]:
+    """A backfill's range of tasks, one after another: a task that fails does not stop the others.
+
+    A typed error of one task is recorded and logged as it happens; the step ends failed afterwards, naming every
+    failed task, so the backfill shows exactly those partitions as failed. Anything else (the store, the
+    database) stops the batch at once: it is not the task's fault, and the run's retry repeats the batch.
+    """
+    failed: dict[str, Failure] = {}
+    for task_id in context.partition_keys:
+        try:
+            for result in _TaskRun(context, task_id, rd_log_root, bundle_store, index).events():
+                yield from partition_events(context.instance, task_id, result)
+        except Failure as exc:
+            failed[task_id] = exc
+            context.log.error(f"{task_id}: {exc.description}")
+    if failed:
+        raise batch_failure(failed, tasks=len(context.partition_keys))
+    for spec in CHECK_SPECS:  # each check's output is required of the step; every task's evaluation is above
+        yield Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(spec.key))
 
 
 rd_task_assets = with_source_code_references([extract_rd_task])

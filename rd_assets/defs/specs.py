@@ -53,6 +53,7 @@ ASSET_SPECS = [
         group_name=GROUP,
         code_version=CODE_VERSION,
         partitions_def=rd_task_partitions,
+        skippable=True,  # a backfill batch records each task on its own partition, never one output for all
     )
     for i, key in enumerate(CHAIN)
 ]

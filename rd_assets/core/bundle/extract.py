@@ -33,13 +33,14 @@ from rd_assets.core.artifacts.path_map import PathMap
 from rd_assets.core.artifacts.weights import ModelWeight
 from rd_assets.core.bundle.assemble import BundleContent, assemble_bundle
 from rd_assets.core.bundle.rules import require_no_traversal
-from rd_assets.core.bundle.store import PublishResult, publish_bundle
+from rd_assets.core.bundle.store import PublishResult, extraction_lock, publish_bundle
 from rd_assets.core.contracts.artifact_models import FactorOrder, ModelMeta
 from rd_assets.core.contracts.bundle_models import ExtractReport, ExtractRun
 from rd_assets.core.contracts.models import ErrorInfo, SnapshotSelection, SotaFactorExperiment
 from rd_assets.core.errors import (
     BundleStoreError,
     FeatureCountMismatchError,
+    InvalidLogDirError,
     RdAssetsError,
     UnreadableSnapshotError,
     WeightsNotPersistedError,
@@ -50,6 +51,7 @@ from rd_assets.core.session.index import SnapshotIndex
 from rd_assets.core.session.reading import AnchorReading
 from rd_assets.core.session.snapshots import SESSION_DIR, newer_unreadable
 from rd_assets.core.session.task_reader import TaskReading, read_task, reload_anchor
+from rd_assets.core.task_ids import is_task_id
 
 NEWER_SNAPSHOT_UNREADABLE = "newer_snapshot_unreadable"
 SIGNATURE_UNVERIFIED = "signature_unverified"
@@ -350,6 +352,16 @@ def publish_parts(parts: BundleParts, *, store: Path, keep_versions: int = 3) ->
     return ExtractOutcome(content=content, publish=publish, report=parts.report)
 
 
+def checked_task_id(log_dir: Path) -> str:
+    """The task id ``log_dir`` publishes under, checked before the store is touched (no lock left for a typo)."""
+    resolved = log_dir.resolve()
+    if not resolved.is_dir():
+        raise InvalidLogDirError("log dir does not exist or is not a directory", path=str(log_dir))
+    if not is_task_id(resolved.name):
+        raise InvalidLogDirError(f"not a safe task id: {resolved.name!r}", path=str(log_dir))
+    return resolved.name
+
+
 def extract_task(
     log_dir: Path,
     *,
@@ -363,12 +375,13 @@ def extract_task(
 ) -> ExtractOutcome:
     """Extract the task at ``log_dir`` and publish its bundle into ``store``; raises typed errors (see above)."""
     refuse_inside(log_dir.resolve(), "bundle store", store)
-    parts = collect_parts(
-        log_dir,
-        path_map=path_map,
-        index=index,
-        signing_key=signing_key,
-        allow_incomplete=allow_incomplete,
-        access=access,
-    )
-    return publish_parts(parts, store=store, keep_versions=keep_versions)
+    with extraction_lock(store, checked_task_id(log_dir)):
+        parts = collect_parts(
+            log_dir,
+            path_map=path_map,
+            index=index,
+            signing_key=signing_key,
+            allow_incomplete=allow_incomplete,
+            access=access,
+        )
+        return publish_parts(parts, store=store, keep_versions=keep_versions)

@@ -8,18 +8,23 @@ from pathlib import Path
 
 import pytest
 
+from rd_assets.core.artifacts.path_map import PathMap
 from rd_assets.core.bundle.assemble import BundleContent
+from rd_assets.core.bundle.extract import extract_task
 from rd_assets.core.bundle.store import (
     LINK_TMP_PREFIX,
     TMP_PREFIX,
     VERSIONS_DIR,
     check_relpath,
     current_version_dir,
+    extraction_lock,
     publish_bundle,
 )
 from rd_assets.core.bundle.verify import verify_bundle
 from rd_assets.core.contracts.bundle_models import MANIFEST
-from rd_assets.core.errors import BundleStoreError
+from rd_assets.core.errors import BundleStoreError, InvalidLogDirError
+from rd_assets.core.samples import SAMPLE_PATH_MAP, SAMPLES_DIR
+from rd_assets.core.session.index import SnapshotIndex
 from rd_assets_tests.bundle_testkit import rehashed, sample_parts, tree_bytes, with_note
 from rd_assets_tests.conftest import PLAIN_TASK
 
@@ -188,3 +193,52 @@ def test_manifest_bytes_must_be_the_manifest(tmp_path: Path, content: BundleCont
     files = {**content.files, MANIFEST: other.files[MANIFEST]}
     with pytest.raises(BundleStoreError):
         publish_bundle(tmp_path / "store", BundleContent(content.task_id, files, content.manifest))
+
+
+def test_an_extraction_waits_for_the_task_lock_and_publishes_after_its_holder(tmp_path: Path) -> None:
+    """A second extraction of a task (another run, the CLI) cannot read or publish while the first holds the lock."""
+    store, finished = tmp_path / "store", threading.Event()
+    errors: list[BaseException] = []
+
+    def extract() -> None:
+        try:
+            extract_task(
+                SAMPLES_DIR / "log" / PLAIN_TASK,
+                store=store,
+                path_map=PathMap.parse([SAMPLE_PATH_MAP]),
+                index=SnapshotIndex(None),
+            )
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            finished.set()
+
+    with extraction_lock(store, PLAIN_TASK):
+        worker = threading.Thread(target=extract)
+        worker.start()
+        assert not finished.wait(3.0), "the extraction ran while another held the task's lock"
+        assert current_version_dir(store, PLAIN_TASK) is None
+    assert finished.wait(120.0) and not errors, errors
+    worker.join()
+    assert verify_bundle(store / PLAIN_TASK).ok
+    with extraction_lock(store, "2026-01-01_00-00-00-000000"):  # another task is never held up by it
+        pass
+
+
+def test_the_extraction_lock_refuses_what_is_not_a_task_or_a_store(tmp_path: Path) -> None:
+    with pytest.raises(BundleStoreError, match="not a safe task id"), extraction_lock(tmp_path / "store", "../x"):
+        pass
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(BundleStoreError, match="not a directory"), extraction_lock(tmp_path / "file", PLAIN_TASK):
+        pass
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_log_dir_that_is_not_a_task_leaves_nothing_in_the_store(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    for log_dir, why in ((tmp_path / "missing", "does not exist"), (tmp_path / "not a task", "not a safe task id")):
+        if why != "does not exist":
+            log_dir.mkdir()
+        with pytest.raises(InvalidLogDirError, match=why):
+            extract_task(log_dir, store=store, path_map=PathMap.parse([]), index=SnapshotIndex(None))
+    assert not store.exists()

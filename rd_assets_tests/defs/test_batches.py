@@ -1,0 +1,172 @@
+"""A backfill batch: one run over a range of tasks records each task on its own partition, as a run of it alone.
+
+The range is what a backfill with ``BackfillPolicy.multi_run`` launches: the run carries Dagster's partition-range
+tags. Its tasks are the three genuine samples and one broken task placed between them, so the batch must publish
+the samples, record the broken task's failure and keep going, and end failed naming exactly that task.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    BackfillPolicy,
+    DagsterInstance,
+    ExecuteInProcessResult,
+    instance_for_test,
+)
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.loader import LoadingContextForTest
+
+from rd_assets.core.bundle.task_status import read_failure
+from rd_assets.core.contracts.bundle_models import Manifest
+from rd_assets.core.samples import SAMPLE_TASKS, SAMPLES_DIR
+from rd_assets.definitions import build_definitions
+from rd_assets.defs.partitions import (
+    BACKFILL_BATCH_ENV,
+    DEFAULT_BACKFILL_BATCH,
+    RD_TASK_PARTITIONS_NAME,
+    backfill_batch,
+)
+from rd_assets.defs.rd_task_assets import extract_rd_task
+from rd_assets_tests.conftest import copy_sample_task
+from rd_assets_tests.defs.conftest import BROKEN_TASK, write_broken_task
+from rd_assets_tests.defs.test_assets import ASSET_NAMES, CHECK_NAMES, chain_resources, materialize_task
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+BATCH = [SAMPLE_TASKS[0], BROKEN_TASK, SAMPLE_TASKS[1], SAMPLE_TASKS[2]]
+"""In partition order: the broken task sits inside the range, so tasks after it must still run."""
+AISTOCK_BUNDLE = AssetKey("aistock_bundle")
+
+
+def run_range(instance: DagsterInstance, resources: dict[str, Any], first: str, last: str) -> ExecuteInProcessResult:
+    """One run of ``rd_task_job`` over the partitions ``first``..``last``, as a backfill batch is launched."""
+    job = build_definitions(resources["rd_log_root"], resources["bundle_store"]).resolve_job_def("rd_task_job")
+    tags = {RANGE_START_TAG: first, RANGE_END_TAG: last}
+    return job.execute_in_process(instance=instance, raise_on_error=False, tags=tags)
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DagsterInstance, dict, ExecuteInProcessResult]]:
+    tmp = tmp_path_factory.mktemp("batch")
+    log_root = tmp / "log"
+    for task in SAMPLE_TASKS:
+        copy_sample_task(task, log_root)
+    write_broken_task(log_root)
+    resources = chain_resources(tmp, log_root)
+    signing_key = json.loads((SAMPLES_DIR / "expected" / f"{SAMPLE_TASKS[1]}.expected.json").read_text())
+    with pytest.MonkeyPatch.context() as env, instance_for_test() as instance:
+        env.setenv("RD_ASSETS_SIGNING_KEY", signing_key["signing_key"])
+        env.setenv("RD_ASSETS_ALLOW_UNSIGNED", "1")
+        instance.add_dynamic_partitions(RD_TASK_PARTITIONS_NAME, BATCH)
+        yield instance, resources, run_range(instance, resources, BATCH[0], BATCH[-1])
+
+
+def materializations(result: ExecuteInProcessResult) -> dict[str, list[Any]]:
+    """Per partition, the materialization events of the run, in order."""
+    found: dict[str, list[Any]] = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.step_materialization_data.materialization
+        found.setdefault(mat.partition, []).append(mat)
+    return found
+
+
+def test_one_step_runs_the_whole_range_and_ends_failed_naming_only_the_broken_task(batch: tuple) -> None:
+    _, _, result = batch
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    data = failure.step_failure_data
+    assert data.user_failure_data is not None, "the batch ends with a dagster.Failure, not a traceback"
+    text = data.error.to_string()
+    assert "1 of 4 tasks failed" in text and f"{BROKEN_TASK}: no_sota_factor_experiment" in text
+    failed = data.user_failure_data.metadata["failed_tasks"].value
+    assert list(failed) == [BROKEN_TASK] and failed[BROKEN_TASK].startswith("no_sota_factor_experiment: ")
+    assert len([e for e in result.all_events if e.is_step_start]) == 1
+
+
+def test_each_sample_gets_its_own_six_materializations_and_six_checks(batch: tuple) -> None:
+    _, resources, result = batch
+    found = materializations(result)
+    assert set(found) == {*SAMPLE_TASKS, BROKEN_TASK}
+    for task in SAMPLE_TASKS:
+        assert [m.asset_key.to_user_string() for m in found[task]] == ASSET_NAMES
+        bundle = next(m for m in found[task] if m.asset_key == AISTOCK_BUNDLE)
+        manifest = Manifest.model_validate_json((resources["bundle_store"].path / task / "manifest.json").read_bytes())
+        assert bundle.metadata["content_hash"].value == manifest.content_hash, "metadata of this task, not another"
+        assert bundle.tags["dagster/data_version"] == manifest.content_hash
+    assert [m.asset_key.to_user_string() for m in found[BROKEN_TASK]] == ["session_snapshot"]
+    checks: dict[str, dict[str, bool]] = {}
+    for evaluation in result.get_asset_check_evaluations():
+        checks.setdefault(evaluation.partition, {})[evaluation.check_name] = evaluation.passed
+    assert checks == {task: dict.fromkeys(CHECK_NAMES, True) for task in SAMPLE_TASKS}, "none for the broken task"
+
+
+def test_the_broken_task_is_recorded_and_the_others_published(batch: tuple) -> None:
+    _, resources, _ = batch
+    store = resources["bundle_store"].path
+    for task in SAMPLE_TASKS:
+        assert Manifest.model_validate_json((store / task / "manifest.json").read_bytes()).selection_ready
+    assert not (store / BROKEN_TASK).exists()
+    record = read_failure(store, BROKEN_TASK)
+    assert record is not None and record.code == "no_sota_factor_experiment"
+
+
+def test_the_instance_sees_each_partition_materialized_with_its_data_version(batch: tuple) -> None:
+    instance, resources, _ = batch
+    for task in SAMPLE_TASKS:
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AISTOCK_BUNDLE, asset_partitions=[task]), limit=1
+        ).records
+        manifest = Manifest.model_validate_json((resources["bundle_store"].path / task / "manifest.json").read_bytes())
+        assert records and records[0].asset_materialization is not None
+        assert records[0].asset_materialization.tags["dagster/data_version"] == manifest.content_hash
+    assert not instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AISTOCK_BUNDLE, asset_partitions=[BROKEN_TASK]), limit=1
+    ).records
+
+
+def test_a_batch_materialization_is_as_fresh_as_a_single_run(batch: tuple) -> None:
+    """Dagster's own staleness reads the data and code versions the batch recorded: nothing shows as stale."""
+    instance, resources, _ = batch
+    materialize_task(instance, resources, SAMPLE_TASKS[0])  # the same task by a run of its own, for comparison
+    graph = build_definitions(resources["rd_log_root"], resources["bundle_store"]).resolve_asset_graph()
+    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+    for task in SAMPLE_TASKS:
+        statuses = {name: resolver.get_status(AssetKey(name), task) for name in ASSET_NAMES}
+        causes = {name: resolver.get_stale_causes(AssetKey(name), task) for name in ASSET_NAMES}
+        assert statuses == dict.fromkeys(ASSET_NAMES, StaleStatus.FRESH), (task, causes)
+
+
+def test_a_range_of_good_tasks_succeeds(batch: tuple) -> None:
+    instance, resources, _ = batch
+    result = run_range(instance, resources, SAMPLE_TASKS[1], SAMPLE_TASKS[2])
+    assert result.success
+    assert sorted(materializations(result)) == sorted(SAMPLE_TASKS[1:])
+
+
+def test_the_backfill_policy_batches_tasks() -> None:
+    assert extract_rd_task.backfill_policy == BackfillPolicy.multi_run(max_partitions_per_run=backfill_batch())
+
+
+def test_the_batch_size_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BACKFILL_BATCH_ENV, raising=False)
+    assert backfill_batch() == DEFAULT_BACKFILL_BATCH
+    monkeypatch.setenv(BACKFILL_BATCH_ENV, "7")
+    assert backfill_batch() == 7
+    for bad in ("0", "-3", "2.5", "many", "501"):
+        monkeypatch.setenv(BACKFILL_BATCH_ENV, bad)
+        with pytest.raises(ValueError, match=BACKFILL_BATCH_ENV):
+            backfill_batch()
+
+
+def test_the_log_root_is_never_written(batch: tuple, tmp_path: Path) -> None:
+    _, resources, _ = batch
+    log_root = resources["rd_log_root"].root
+    assert not list(log_root.rglob("*.lock")) and not list(log_root.rglob(".versions"))
