@@ -2,9 +2,13 @@
 
 A bundle is stale when the session fingerprint recorded at its publication (``<store>/.dagster_state``)
 differs from the log dir's fingerprint now, or when the store's current version is not the recorded one.
-A partition whose run already FAILED for the same fingerprint is not requested again: the core is
-deterministic, so the same input would fail the same way (a new snapshot changes the fingerprint and
-lifts this). A run already queued or running for that fingerprint is not duplicated either.
+
+A task whose last extraction failed for a reason of its own session (the store's failure record,
+:mod:`rd_assets.core.bundle.task_status`, written only for such errors) is not requested again while its
+fingerprint is the one recorded: the core is deterministic, so the same session would fail the same way, and a
+new snapshot changes the fingerprint and lifts this. A run that failed for any other reason (a database outage,
+a killed worker, a full disk) leaves no such record, so the task is requested again. A run already queued or
+running for that fingerprint is not duplicated either.
 """
 
 from dataclasses import dataclass
@@ -23,8 +27,10 @@ from dagster import (
 from pydantic import ValidationError
 
 from rd_assets.core.bundle.store import current_version_dir
-from rd_assets.core.errors import RdAssetsError
+from rd_assets.core.bundle.task_status import read_failure
+from rd_assets.core.errors import RdAssetsError, TaskStatusError
 from rd_assets.core.session.fingerprint import session_fingerprint
+from rd_assets.core.text_safety import printable
 from rd_assets.defs.jobs import rd_task_job
 from rd_assets.defs.partitions import FINGERPRINT_TAG, PARTITION_TAG, RD_TASK_PARTITIONS_NAME
 from rd_assets.defs.resources import BundleStore, RdLogRoot
@@ -80,8 +86,13 @@ def decide(instance: DagsterInstance, rd_log_root: RdLogRoot, bundle_store: Bund
         verdict, reason = "stale", f"the current version {current.name} is not the recorded one"
     else:
         return Decision(task_id, "fresh", "bundle matches the session", fp)
-    if _has_run(instance, task_id, fp, [DagsterRunStatus.FAILURE]):
-        return Decision(task_id, "failed_before", f"{reason}, but a run already failed for fingerprint {fp}", fp)
+    try:
+        failure = read_failure(bundle_store.path, task_id)
+    except TaskStatusError as exc:  # an unreadable record proves nothing: run the task, which rewrites it
+        failure, reason = None, f"{reason}; {exc.message}"
+    if failure is not None and failure.fingerprint == fp:
+        why = f"{failure.code}: {printable(failure.message)}"
+        return Decision(task_id, "failed_before", f"{reason}, but this session already failed with {why}", fp)
     if _has_run(instance, task_id, fp, IN_FLIGHT):
         return Decision(task_id, "in_flight", f"{reason}; a run for fingerprint {fp} is queued or running", fp)
     return Decision(task_id, verdict, reason, fp)

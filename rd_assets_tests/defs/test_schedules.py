@@ -7,6 +7,7 @@ from pathlib import Path
 from dagster import DagsterRunStatus, RunRequest, SkipReason, build_schedule_context, instance_for_test
 from dagster._core.test_utils import create_run_for_test
 
+from rd_assets.core.bundle.task_status import read_failure
 from rd_assets.core.session.fingerprint import session_fingerprint
 from rd_assets.defs.partitions import FINGERPRINT_TAG, PARTITION_TAG, RD_TASK_PARTITIONS_NAME
 from rd_assets.defs.schedules import rd_task_backfill_schedule
@@ -73,10 +74,36 @@ def test_a_deterministic_failure_is_not_retried_until_the_session_changes(tmp_pa
         assert not failed.success
         skipped = evaluate(instance, resources)
         assert isinstance(skipped, SkipReason) and "'failed_before': 1" in skipped.skip_message
+        failure = read_failure(resources["bundle_store"].path, NO_WEIGHTS)
+        assert failure is not None and failure.fingerprint == fp and failure.code == "weights_not_persisted"
+        instance.wipe()  # the record decides, not Dagster's run history
+        instance.add_dynamic_partitions(RD_TASK_PARTITIONS_NAME, [NO_WEIGHTS])
+        assert isinstance(evaluate(instance, resources), SkipReason)
         grow(log_dir)
         retried = evaluate(instance, resources)
         assert [r.partition_key for r in retried] == [NO_WEIGHTS]
         assert retried[0].tags[FINGERPRINT_TAG] == session_fingerprint(log_dir).token != fp
+
+
+def test_a_run_that_failed_for_another_reason_is_requested_again(
+    tmp_path: Path, copy_sample: Callable[[str], Path]
+) -> None:
+    """A database outage or a killed worker fails the run but says nothing of the session: no failure record."""
+    log_root = copy_sample(SAMPLE).parent
+    resources = chain_resources(tmp_path, log_root)
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(RD_TASK_PARTITIONS_NAME, [SAMPLE])
+        fp = session_fingerprint(log_root / SAMPLE).token
+        tags = {PARTITION_TAG: SAMPLE, FINGERPRINT_TAG: fp}
+        create_run_for_test(instance, job_name="rd_task_job", tags=tags, status=DagsterRunStatus.FAILURE)
+        again = evaluate(instance, resources)
+        assert [(r.partition_key, r.tags[FINGERPRINT_TAG]) for r in again] == [(SAMPLE, fp)]
+
+        status_dir = resources["bundle_store"].path / ".task_status"
+        status_dir.mkdir(parents=True)
+        (status_dir / f"{SAMPLE}.json").write_text("{not json")
+        unreadable = evaluate(instance, resources)
+        assert [r.partition_key for r in unreadable] == [SAMPLE], "an unreadable record never parks a task"
 
 
 def test_a_vanished_log_dir_is_not_requested(tmp_path: Path) -> None:
