@@ -236,12 +236,16 @@ class DeployStack:
         return service
 
     def start_code_server(
-        self, location: str = LOCATION, host: str = "a", target: tuple[str, ...] = CODE_LOCATION
+        self,
+        location: str = LOCATION,
+        host: str = "a",
+        target: tuple[str, ...] = CODE_LOCATION,
+        extra_env: Mapping[str, str] | None = None,
     ) -> CodeServer:
         port = free_port()
         argv = [dagster_cmd("dagster"), "api", "grpc", *target]
         argv += ["-h", "127.0.0.1", "-p", str(port), "--location-name", location]
-        service = self._start(f"code-server:{location}", argv, self.env(host))
+        service = self._start(f"code-server:{location}", argv, self.env(host, **(extra_env or {})))
         server = CodeServer(service, port, location)
         self.code_servers.append(server)
         server.wait_serving(on_timeout=self.tails)
@@ -384,6 +388,16 @@ class GraphQL:
             if e["__typename"] == "AssetCheckEvaluationEvent"
         }
 
+    def checks_by_partition(self, run_id: str) -> dict[str, dict[str, str]]:
+        """partition -> check name -> status, for a run over several partitions (a backfill batch)."""
+        found: dict[str, dict[str, str]] = {}
+        for e in self.run_events(run_id):
+            if e["__typename"] == "AssetCheckEvaluationEvent":
+                evaluation = e["evaluation"]
+                status = "PASSED" if evaluation["success"] else "FAILED"
+                found.setdefault(evaluation["partition"], {})[evaluation["checkName"]] = status
+        return found
+
     def run_events(self, run_id: str) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         cursor = None
@@ -481,7 +495,7 @@ RUN_EVENTS = """query ($runId: ID!, $cursor: String) {
       events {
         __typename
         ... on MessageEvent { message timestamp stepKey }
-        ... on AssetCheckEvaluationEvent { evaluation { checkName success } }
+        ... on AssetCheckEvaluationEvent { evaluation { checkName success partition } }
         ... on MaterializationEvent { assetKey { path } partition }
         ... on ExecutionStepFailureEvent { error { message } }
         ... on RunFailureEvent { error { message } }
@@ -525,7 +539,16 @@ LAUNCH_BACKFILL = """mutation ($params: LaunchBackfillParams!) {
 }"""
 BACKFILL = """query ($id: String!) {
   partitionBackfillOrError(backfillId: $id) {
-    ... on PartitionBackfill { id status numPartitions runs { runId status tags { key value } } }
+    ... on PartitionBackfill {
+      id status numPartitions runs { runId status tags { key value } }
+      assetBackfillData {
+        assetBackfillStatuses {
+          ... on AssetPartitionsStatusCounts {
+            assetKey { path } numPartitionsTargeted numPartitionsMaterialized numPartitionsFailed
+          }
+        }
+      }
+    }
     ... on PythonError { message }
   }
 }"""

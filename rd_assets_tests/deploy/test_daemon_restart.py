@@ -2,22 +2,36 @@
 
 Queued runs live in PostgreSQL and running ones belong to the code server, so a daemon that stops (as a
 service manager restarts it) and comes back picks up where the old one left: every partition of the
-backfill gets exactly one run, one materialization and one published bundle, and the backfill completes.
-The sensor is switched off first (as an operator would for a backfill), so every run here is the backfill's.
+backfill is covered by exactly one run, gets one materialization and one published bundle, and the backfill
+completes. The code location runs a backfill in batches (``RD_ASSETS_BACKFILL_BATCH``, here 2 tasks per run), so
+this is also the deployment test of batches: each run covers its own range of tasks, and each task's checks are
+recorded on its own partition. The sensor is switched off first (as an operator would for a backfill), so
+every run here is the backfill's.
 """
 
 from __future__ import annotations
 
 from rd_assets.core.samples import SAMPLE_TASKS
+from rd_assets.defs.partitions import BACKFILL_BATCH_ENV
 from rd_assets_tests.deploy.conftest import verify
 from rd_assets_tests.deploy.stack import TERMINAL, DeployStack, copy_task, graphql_for
 
-TASKS = [f"backfill-{i}-{SAMPLE_TASKS[i % len(SAMPLE_TASKS)]}" for i in range(4)]
+TASKS = [f"backfill-{i}-{SAMPLE_TASKS[i % len(SAMPLE_TASKS)]}" for i in range(6)]
+BATCH = 2
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+CHECKS = {
+    "model_weight_source_is_factor_exp",
+    "no_workspace_traversal",
+    "factor_order_matches_model",
+    "factor_code_complete",
+    "bundle_integrity",
+    "selection_ready",
+}
 TIMEOUT_S = 300
 
 
 def test_daemon_restart_mid_backfill_neither_loses_nor_repeats_a_task(stack: DeployStack) -> None:
-    stack.start_code_server()
+    stack.start_code_server(extra_env={BACKFILL_BATCH_ENV: str(BATCH)})
     stack.start_webserver()
     with graphql_for(stack) as gql:
         gql.ready()
@@ -43,13 +57,18 @@ def test_daemon_restart_mid_backfill_neither_loses_nor_repeats_a_task(stack: Dep
 
         backfill = gql.wait("the backfill to complete after the restart", completed, TIMEOUT_S, interval=1)
         assert backfill["status"] == "COMPLETED_SUCCESS", (at_restart, backfill)
-        partitions = sorted(r["tags"]["dagster/partition"] for r in backfill["runs"])
-        assert partitions == sorted(TASKS), f"one run per task (statuses at the restart: {at_restart})"
-        assert {r["status"] for r in backfill["runs"]} == {"SUCCESS"}
-        assert len(gql.runs()) == len(TASKS), "no run besides the backfill's"
+        runs = backfill["runs"]
+        assert {r["status"] for r in runs} == {"SUCCESS"}
+        assert len(gql.runs()) == len(runs) == len(TASKS) // BATCH, "one run per batch, none besides the backfill's"
+        ranges = sorted((r["tags"][RANGE_START], r["tags"][RANGE_END]) for r in runs)
+        assert ranges == [(TASKS[i], TASKS[i + BATCH - 1]) for i in range(0, len(TASKS), BATCH)], at_restart
         by_partition = gql.materialized_partitions("aistock_bundle")
         assert sorted(by_partition) == sorted(TASKS)
-        assert all(len(runs) == 1 for runs in by_partition.values()), by_partition
+        assert all(len(run_ids) == 1 for run_ids in by_partition.values()), by_partition
+        for run in runs:
+            checks = gql.checks_by_partition(run["runId"])
+            batch = TASKS[TASKS.index(run["tags"][RANGE_START]) :][:BATCH]
+            assert checks == {task: dict.fromkeys(CHECKS, "PASSED") for task in batch}
 
     for task in TASKS:
         verify(stack.store / task)
