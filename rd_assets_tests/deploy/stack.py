@@ -241,8 +241,9 @@ class DeployStack:
         host: str = "a",
         target: tuple[str, ...] = CODE_LOCATION,
         extra_env: Mapping[str, str] | None = None,
+        port: int | None = None,
     ) -> CodeServer:
-        port = free_port()
+        port = port or free_port()
         argv = [dagster_cmd("dagster"), "api", "grpc", *target]
         argv += ["-h", "127.0.0.1", "-p", str(port), "--location-name", location]
         service = self._start(f"code-server:{location}", argv, self.env(host, **(extra_env or {})))
@@ -284,6 +285,22 @@ class DeployStack:
     def stop(self, service: Service) -> None:
         service.stop()
         self.services.remove(service)
+
+    def kill_host(self, code_server: CodeServer) -> None:
+        """What a host's death looks like from elsewhere: its code server and every run worker it spawned
+        vanish at once (SIGKILL to the process group), with no chance to report anything."""
+        code_server.service.signal_group(signal.SIGKILL)
+        code_server.service.proc.wait(timeout=30)
+        self.services.remove(code_server.service)
+        self.code_servers.remove(code_server)
+
+    def configure_instance(self, **sections: Mapping[str, Any]) -> None:
+        """Override top-level sections of this stack's copy of deploy/dagster.yaml (say, shorter timeouts)."""
+        path = self.home / "dagster.yaml"
+        config = yaml.safe_load(path.read_text())
+        for name, values in sections.items():
+            config[name] = {**config.get(name, {}), **values}
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def stop_all(self) -> None:
         """Every process: all groups get SIGTERM at once (daemon first), then each is waited for."""
@@ -455,9 +472,14 @@ class GraphQL:
             result = self(ADD_PARTITION, repo=repo, key=key)["addDynamicPartition"]
             assert result.get("partitionKey") == key, result
 
-    def launch_backfill(self, partitions: list[str], assets: tuple[str, ...] = ASSETS) -> str:
-        """An asset backfill of ``assets`` over ``partitions`` (the UI's "Materialize ... backfill")."""
-        params = {"partitionNames": partitions, "assetSelection": [{"path": [a]} for a in assets]}
+    def launch_backfill(
+        self, partitions: list[str], assets: tuple[str, ...] = ASSETS, tags: Mapping[str, str] | None = None
+    ) -> str:
+        """An asset backfill of ``assets`` over ``partitions`` (the UI's "Materialize ... backfill"); ``tags`` go
+        on every run it launches."""
+        params: dict[str, Any] = {"partitionNames": partitions, "assetSelection": [{"path": [a]} for a in assets]}
+        if tags:
+            params["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
         result = self(LAUNCH_BACKFILL, params=params)["launchPartitionBackfill"]
         assert "backfillId" in result, result
         return result["backfillId"]

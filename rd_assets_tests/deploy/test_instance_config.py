@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterInstance, DefaultRunLauncher, QueuedRunCoordinator
+from dagster import DagsterInstance, DagsterRun, DefaultRunLauncher, QueuedRunCoordinator
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
+from rd_assets.defs.instance_connections import hold_connections
 from rd_assets_tests.deploy.postgres_server import PostgresServer
 from rd_assets_tests.deploy.stack import DEPLOY
 
@@ -62,3 +63,37 @@ def test_the_instance_is_postgres_with_queue_limits_monitoring_and_retries() -> 
         instance.add_dynamic_partitions("rd_task", ["written-through-postgres"])
     with DagsterInstance.get() as again:
         assert again.get_dynamic_partitions("rd_task") == ["written-through-postgres"]
+
+
+def sessions_opened(postgres: PostgresServer, database: str) -> int:
+    """Connections ever opened to ``database`` (PostgreSQL counts them in pg_stat_database.sessions)."""
+    conn = postgres.connect("postgres")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_stat_clear_snapshot()")
+            cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", (database,))
+            (count,) = cur.fetchone()
+            return int(count)
+    finally:
+        conn.close()
+
+
+@pytest.mark.usefixtures("home")
+def test_a_run_worker_keeps_its_connections_instead_of_one_per_event(postgres: PostgresServer) -> None:
+    """What ``hold_connections`` (called by every run of the code location) changes: without it, Dagster opens a
+    connection per event written; with it, the instance writes its events over connections it keeps."""
+    with DagsterInstance.get() as instance:
+        database = instance.event_log_storage.postgres_url.rsplit("/", 1)[-1].split("?")[0]
+        run = instance.add_run(DagsterRun(job_name="connections"))
+
+        def connections_for(events: int) -> int:
+            before = sessions_opened(postgres, database)
+            for i in range(events):
+                instance.report_engine_event(f"event {i}", run)
+            return sessions_opened(postgres, database) - before - 1  # the counting query's own session
+
+        assert connections_for(20) >= 20, "Dagster's default: at least a connection per event written"
+        hold_connections(instance)
+        hold_connections(instance)  # once per instance: a second call changes nothing
+        assert connections_for(20) <= 2
