@@ -3,7 +3,7 @@
 Why: Dagster's PostgreSQL storages open a new connection for every read and write (SQLAlchemy ``NullPool``, so
 that long-lived processes hold nothing); only the webserver switches to pooled connections, through
 ``DagsterInstance.optimize_for_webserver``. A run of this code location writes about 12 events per task and a
-backfill batch holds 25 tasks, and each event write opens about three connections. On a password-protected
+backfill batch holds 50 tasks, and each event write opens about three connections. On a password-protected
 server each connection costs a backend process and a SCRAM exchange, about 5 ms on 2 cores, so a batch spent
 most of its time connecting (``bench/bench_deploy.py``: 0.60 s per task in-process, 0.23 s with connections
 kept). A run worker is a process of its own that ends with its run, so holding a connection per storage there

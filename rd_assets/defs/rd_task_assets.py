@@ -18,7 +18,7 @@ metadata and, where the value has an identity (fingerprint, weight sha256, conte
 A backfill runs tasks in batches (``BackfillPolicy.multi_run``, :func:`rd_assets.defs.partitions.backfill_batch`
 tasks per run): the step then walks its range of tasks with one snapshot index, each task exactly as above, its
 results recorded on its own partition (:mod:`rd_assets.defs.partition_events`). A run costs a process start and
-a code load whatever it holds, so a backfill of 200 tasks pays them 8 times instead of 200
+a code load whatever it holds, so a backfill of 200 tasks pays them 4 times instead of 200
 (``bench/bench_deploy.py``). Every extraction holds the task's lock in the store from its read to its
 publication (:func:`rd_assets.core.bundle.store.extraction_lock`), so a batch and a sensor run of the same
 task, which Dagster's per-partition run limit cannot keep apart, never interleave.

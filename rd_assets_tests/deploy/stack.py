@@ -289,8 +289,13 @@ class DeployStack:
     def kill_host(self, code_server: CodeServer) -> None:
         """What a host's death looks like from elsewhere: its code server and every run worker it spawned
         vanish at once (SIGKILL to the process group), with no chance to report anything."""
+        processes = code_server.service.descendants()
         code_server.service.signal_group(signal.SIGKILL)
+        for proc in processes:  # a run worker may have left the group; a dead host takes it all the same
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
         code_server.service.proc.wait(timeout=30)
+        psutil.wait_procs(processes, timeout=30)
         self.services.remove(code_server.service)
         self.code_servers.remove(code_server)
 
