@@ -286,6 +286,15 @@ class DeployStack:
         service.stop()
         self.services.remove(service)
 
+    def start_with_task(self, task_id: str) -> CodeServer:
+        """The whole deployment with the sample ``task_id`` dropped into its log root (the sensor's first tick
+        requests its run); the code server is returned, its run workers are what the fault tests strike."""
+        copy_task(task_id, self.log_root)
+        code_server = self.start_code_server()
+        self.start_webserver()
+        self.start_daemon()
+        return code_server
+
     def kill_host(self, code_server: CodeServer) -> None:
         """What a host's death looks like from elsewhere: its code server and every run worker it spawned
         vanish at once (SIGKILL to the process group), with no chance to report anything."""
@@ -451,6 +460,12 @@ class GraphQL:
             interval=0.1,
         )
         return run_id
+
+    def the_run_worker(self, code_server: CodeServer, run_id: str) -> psutil.Process:
+        """The one run worker ``code_server`` spawned, checked to be the process that executes ``run_id``."""
+        workers = code_server.run_workers()
+        assert [w.pid for w in workers] == [self.worker_pid(run_id)], "the one run worker is the run's process"
+        return workers[0]
 
     def worker_pid(self, run_id: str) -> int:
         """The PID of the process that executed ``run_id`` (the launcher's "Started process for run" event)."""

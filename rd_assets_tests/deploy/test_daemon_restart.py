@@ -13,20 +13,13 @@ from __future__ import annotations
 
 from rd_assets.core.samples import SAMPLE_TASKS
 from rd_assets.defs.partitions import BACKFILL_BATCH_ENV
+from rd_assets_tests.defs.test_assets import CHECK_NAMES
 from rd_assets_tests.deploy.conftest import verify
 from rd_assets_tests.deploy.stack import TERMINAL, DeployStack, copy_task, graphql_for
 
 TASKS = [f"backfill-{i}-{SAMPLE_TASKS[i % len(SAMPLE_TASKS)]}" for i in range(6)]
 BATCH = 2
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-CHECKS = {
-    "model_weight_source_is_factor_exp",
-    "no_workspace_traversal",
-    "factor_order_matches_model",
-    "factor_code_complete",
-    "bundle_integrity",
-    "selection_ready",
-}
 TIMEOUT_S = 300
 
 
@@ -68,7 +61,7 @@ def test_daemon_restart_mid_backfill_neither_loses_nor_repeats_a_task(stack: Dep
         for run in runs:
             checks = gql.checks_by_partition(run["runId"])
             batch = TASKS[TASKS.index(run["tags"][RANGE_START]) :][:BATCH]
-            assert checks == {task: dict.fromkeys(CHECKS, "PASSED") for task in batch}
+            assert checks == {task: dict.fromkeys(CHECK_NAMES, "PASSED") for task in batch}
 
     for task in TASKS:
         verify(stack.store / task)

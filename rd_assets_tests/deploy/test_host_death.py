@@ -15,7 +15,7 @@ import psutil
 
 from rd_assets.core.samples import SIGNED_TASK
 from rd_assets_tests.deploy.conftest import verify
-from rd_assets_tests.deploy.stack import TERMINAL, DeployStack, copy_task, graphql_for
+from rd_assets_tests.deploy.stack import TERMINAL, DeployStack, graphql_for
 
 MAX_RUNTIME_S = 20
 TIMEOUT_S = 240
@@ -30,19 +30,15 @@ def dead(process: psutil.Process) -> bool:
 
 def test_a_run_on_a_dead_host_is_failed_by_monitoring_and_retried(stack: DeployStack) -> None:
     stack.configure_instance(run_monitoring={"max_runtime_seconds": MAX_RUNTIME_S, "poll_interval_seconds": 5})
-    copy_task(SIGNED_TASK, stack.log_root)
-    code_server = stack.start_code_server()
-    stack.start_webserver()
-    stack.start_daemon()
+    code_server = stack.start_with_task(SIGNED_TASK)
     bundle = stack.store / SIGNED_TASK
 
     with graphql_for(stack) as gql:
         gql.ready()
         run_id = gql.mid_run(SIGNED_TASK, TIMEOUT_S)
-        workers = code_server.run_workers()
-        assert [w.pid for w in workers] == [gql.worker_pid(run_id)]
+        worker = gql.the_run_worker(code_server, run_id)
         stack.kill_host(code_server)
-        assert all(dead(w) for w in workers), "the run worker died with its host"
+        assert dead(worker), "the run worker died with its host"
         assert not bundle.exists(), "the run died before publishing"
         stack.start_code_server(port=code_server.port)  # the host (or its replacement) is back
 

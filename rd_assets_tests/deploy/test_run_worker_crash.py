@@ -12,24 +12,19 @@ import signal
 
 from rd_assets.core.samples import SIGNED_TASK
 from rd_assets_tests.deploy.conftest import verify
-from rd_assets_tests.deploy.stack import TERMINAL, DeployStack, copy_task, graphql_for
+from rd_assets_tests.deploy.stack import TERMINAL, DeployStack, graphql_for
 
 TIMEOUT_S = 240
 
 
 def test_killed_run_worker_is_failed_then_retried_to_a_complete_bundle(stack: DeployStack) -> None:
-    copy_task(SIGNED_TASK, stack.log_root)
-    code_server = stack.start_code_server()
-    stack.start_webserver()
-    stack.start_daemon()
+    code_server = stack.start_with_task(SIGNED_TASK)
     bundle = stack.store / SIGNED_TASK
 
     with graphql_for(stack) as gql:
         gql.ready()
         run_id = gql.mid_run(SIGNED_TASK, TIMEOUT_S)
-        workers = code_server.run_workers()
-        assert [w.pid for w in workers] == [gql.worker_pid(run_id)], "the one run worker is the run's process"
-        os.kill(workers[0].pid, signal.SIGKILL)
+        os.kill(gql.the_run_worker(code_server, run_id).pid, signal.SIGKILL)
 
         failed = gql.wait(
             "the killed run to be marked failed",

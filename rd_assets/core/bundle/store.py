@@ -5,7 +5,7 @@ Layout::
     <store>/<task_id>                          symlink -> .versions/<task_id>/<version>  (the current bundle)
     <store>/.versions/<task_id>/<version>/     one complete, immutable bundle per version (v000001-<hash12>)
     <store>/.versions/<task_id>/.lock          serialises publishers of one task (flock, freed when a process dies)
-    <store>/.versions/<task_id>/.extract.lock  serialises extractions of one task, read to publish (flock)
+    <store>/.locks/<task_id>                   serialises extractions of one task, read to publish (flock)
     <store>/.versions/<task_id>/.tmp-*         a version being built or deleted; never a bundle name
     <store>/.tmp-link-<task_id>-*              the new symlink just before it replaces the old one
 
@@ -42,7 +42,7 @@ VERSIONS_DIR = ".versions"
 TMP_PREFIX = ".tmp-"
 LINK_TMP_PREFIX = ".tmp-link-"
 LOCK_NAME = ".lock"
-EXTRACT_LOCK_NAME = ".extract.lock"
+EXTRACT_LOCKS_DIR = ".locks"
 _VERSION_RE = re.compile(r"^v(\d{6,})-[0-9a-f]{12}$")
 NAME_MAX = 255
 """Longest file name (bytes) common filesystems take; RELPART_RE admits ASCII only, so characters = bytes."""
@@ -140,17 +140,18 @@ def extraction_lock(store: Path, task_id: str) -> Iterator[None]:
     holding this lock from the read to the publication makes it also publish later, so an older reading can
     never replace a newer bundle. Dagster's per-partition run limit cannot cover this alone: a backfill's
     ranged run carries no partition tag, and the CLI runs outside Dagster. An flock, so a dead holder frees it,
-    and it works across hosts on a shared store whose filesystem honours flock (deploy/README.md).
+    and it works across hosts on a shared store whose filesystem honours flock (deploy/README.md). It lives apart
+    from ``.versions``, so a task that never publishes leaves no trace there.
     """
     _check_task_id(task_id)
     if store.exists() and not store.is_dir():
         raise BundleStoreError("the store path exists and is not a directory", path=str(store))
-    root = versions_root(store, task_id)
+    locks = store / EXTRACT_LOCKS_DIR
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root / EXTRACT_LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks / task_id, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
-        raise BundleStoreError(f"cannot lock the task in the store: {exc.strerror or exc}", path=str(root)) from exc
+        raise BundleStoreError(f"cannot lock the task in the store: {exc.strerror or exc}", path=str(locks)) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

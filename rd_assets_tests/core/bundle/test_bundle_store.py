@@ -221,8 +221,10 @@ def test_an_extraction_waits_for_the_task_lock_and_publishes_after_its_holder(tm
     assert finished.wait(120.0) and not errors, errors
     worker.join()
     assert verify_bundle(store / PLAIN_TASK).ok
-    with extraction_lock(store, "2026-01-01_00-00-00-000000"):  # another task is never held up by it
+    other = "2026-01-01_00-00-00-000000"
+    with extraction_lock(store, other):  # another task is never held up by it
         pass
+    assert not (store / VERSIONS_DIR / other).exists(), "a task that never published leaves no trace in .versions"
 
 
 def test_the_extraction_lock_refuses_what_is_not_a_task_or_a_store(tmp_path: Path) -> None:
