@@ -12,13 +12,12 @@ from pathlib import Path
 
 from rd_assets.cli.common import add_command, add_index_options, fail, open_index, print_json, print_lines
 from rd_assets.core.artifacts.path_map import PathMap
-from rd_assets.core.bundle.extract import ExtractOutcome, extract_task, refuse_inside
-from rd_assets.core.bundle.task_status import clear_failure, is_task_failure, record_failure
+from rd_assets.core.bundle.extract import ExtractOutcome, extract_task, record_task_failure, refuse_inside
+from rd_assets.core.bundle.task_status import clear_failure
 from rd_assets.core.contracts.artifact_models import FactorOrder
 from rd_assets.core.contracts.bundle_models import FACTOR_ORDER, SOTA_FACTORS, ExtractResult, SotaFactorsDoc
 from rd_assets.core.contracts.models import ErrorInfo
 from rd_assets.core.errors import RdAssetsError
-from rd_assets.core.session.fingerprint import session_fingerprint
 from rd_assets.core.session.index import default_index_path
 from rd_assets.core.session.task_reader import signing_key_from_env
 from rd_assets.core.task_ids import is_task_id
@@ -154,22 +153,14 @@ def _result(args: argparse.Namespace, outcome: ExtractOutcome | None, error: RdA
     )
 
 
-def _fingerprint(log_dir: Path) -> str | None:
-    """The session fingerprint now (stat only), or None when the log dir cannot even be listed."""
-    try:
-        return session_fingerprint(log_dir).token
-    except (RdAssetsError, OSError):
-        return None
-
-
 def _record_status(args: argparse.Namespace, outcome: ExtractOutcome | None, error: RdAssetsError | None) -> None:
     """Record a failure the session caused, or clear the record once the task published (raises if it cannot)."""
     if outcome is not None:
         clear_failure(args.store, outcome.content.task_id)
         return
     task_id = Path(os.path.abspath(args.log_dir)).name
-    if error is not None and is_task_failure(error) and is_task_id(task_id):
-        record_failure(args.store, task_id, error, fingerprint=_fingerprint(args.log_dir))
+    if error is not None and is_task_id(task_id):
+        record_task_failure(args.store, task_id, error, log_dir=args.log_dir)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,9 +7,10 @@ backfill batch holds 50 tasks, and each event write opens about three connection
 server each connection costs a backend process and a SCRAM exchange, about 5 ms on 2 cores, so a batch spent
 most of its time connecting (``bench/bench_deploy.py``: 0.60 s per task in-process, 0.23 s with connections
 kept). A run worker is a process of its own that ends with its run, so holding a connection per storage there
-accumulates nothing. The settings are the webserver's defaults. A connection broken by a database restart fails
-the operation that meets it, as a refused connection did before, and the run's retry starts a new process.
-SQLite instances (``make dev``) are unaffected.
+accumulates nothing. The settings are the webserver's defaults, its 15 s statement timeout included. The price:
+a kept connection that a database restart broke fails the next operation that uses it, where a fresh connection
+would have succeeded once the database was back; the run then fails and its retry starts a new process
+(``rd_assets_tests/deploy/test_postgres_outage.py``). SQLite instances (``make dev``) are unaffected.
 """
 
 from __future__ import annotations

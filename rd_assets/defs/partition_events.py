@@ -8,12 +8,13 @@ backfill counts such a partition as materialized, and a task of the range that d
 (a ranged run may succeed on some partitions and fail on others).
 
 Dagster records a materialization's versions and provenance in tags it writes itself for a ``MaterializeResult``
-and reads back to tell whether an asset is stale; a hand-made ``AssetMaterialization`` gets none, and Dagster
-would then show every batch-made partition as "has a new dependency". So the same tags are written here: the
-data version (where the asset has one), the code version, and per upstream asset the storage id of the
-materialization it was built from (read back from the instance, where it was written a moment before).
-``rd_assets_tests/defs/test_batches.py`` proves with Dagster's own staleness resolver that a batch-made
-partition is exactly as fresh as one made by a run of its own.
+and reads back to tell whether an asset is stale; a hand-made ``AssetMaterialization`` gets none, and Dagster then
+falls back to timestamps and never sees a new code version. So the same tags are written here as a run of the
+task alone writes them: the data version (every asset of the chain provides one, so Dagster never derives it),
+the code version, and per upstream asset its data version and the storage id of the materialization it was built
+from (read back from the instance, where it was written a moment before).
+``rd_assets_tests/defs/test_batches.py`` compares the tags with those of a run of the task alone, and checks with
+Dagster's own staleness resolver that both are fresh.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ DATA_VERSION_IS_USER_PROVIDED_TAG = "dagster/data_version_is_user_provided"
 CODE_VERSION_TAG = "dagster/code_version"
 INPUT_DATA_VERSION_PREFIX = "dagster/input_data_version/"
 INPUT_EVENT_POINTER_PREFIX = "dagster/input_event_pointer/"
-UNKNOWN = "UNKNOWN"
-"""Dagster's value for an input without a data version."""
+NO_VERSION = "INITIAL"
+"""What Dagster records for an input that has no data version (never the case for this chain's assets)."""
 _DEPS = {spec.key: [dep.asset_key for dep in spec.deps] for spec in ASSET_SPECS}
 _BLOCKING = {(spec.asset_key, spec.name): spec.blocking for spec in CHECK_SPECS}
 
@@ -82,5 +83,5 @@ def _provenance(instance: DagsterInstance, key: AssetKey, task_id: str) -> dict[
         name = dep.to_user_string()
         tags[INPUT_EVENT_POINTER_PREFIX + name] = str(found[0].storage_id) if found else "NULL"
         version = materialization.tags.get(DATA_VERSION_TAG) if materialization and materialization.tags else None
-        tags[INPUT_DATA_VERSION_PREFIX + name] = version or UNKNOWN
+        tags[INPUT_DATA_VERSION_PREFIX + name] = version or NO_VERSION
     return tags

@@ -13,6 +13,10 @@ rd_task_partitions = DynamicPartitionsDefinition(name=RD_TASK_PARTITIONS_NAME)
 PARTITION_TAG = "dagster/partition"
 """Set by Dagster on every partitioned run; dagster.yaml limits concurrency per unique value of it."""
 
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+"""Set by Dagster on a run over a range of partitions (a backfill batch) instead of ``dagster/partition``."""
+
 FINGERPRINT_TAG = "rd_assets/fingerprint"
 """The session fingerprint a run was requested for: lets the schedule skip deterministic failures."""
 

@@ -13,7 +13,8 @@ value written to disk and read back by an IO manager, and the access audit read 
 step reads once and keeps the values in memory. An in-process run of one sample task went from 1.5-2.2x the CLI
 ``rd-assets extract`` to 0.9-1.1x (``bench/bench_dagster_run.py``); what is left is Dagster's own event log.
 The lineage is unchanged: six assets, their dependencies, their checks, each materialization with its own
-metadata and, where the value has an identity (fingerprint, weight sha256, content hash), a data version.
+metadata and a data version: the fingerprint, the weight sha256 and the content hash where the value has one, else
+the sha256 of its document (:func:`content_version`).
 
 A backfill runs tasks in batches (``BackfillPolicy.multi_run``, :func:`rd_assets.defs.partitions.backfill_batch`
 tasks per run): the step then walks its range of tasks with one snapshot index, each task exactly as above, its
@@ -28,7 +29,8 @@ output (``MaterializeResult(value=...)`` would hand each value to an IO manager,
 second copy of what the published bundle already holds).
 """
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Iterator, Mapping
 from contextlib import closing
 from functools import cached_property
 from pathlib import Path
@@ -46,6 +48,7 @@ from dagster import (
     multi_asset,
     with_source_code_references,
 )
+from pydantic import BaseModel
 
 from rd_assets.core.bundle import rules
 from rd_assets.core.bundle.extract import (
@@ -56,19 +59,21 @@ from rd_assets.core.bundle.extract import (
     SessionStage,
     Stage,
     WeightStage,
+    checked_task_id,
     extraction_stages,
     publish_parts,
+    record_task_failure,
     refuse_inside,
 )
 from rd_assets.core.bundle.store import extraction_lock
-from rd_assets.core.bundle.task_status import clear_failure, is_task_failure, record_failure
+from rd_assets.core.bundle.task_status import clear_failure, is_task_failure
 from rd_assets.core.contracts.models import ErrorInfo, SotaFactorExperiment
-from rd_assets.core.errors import RdAssetsError, WeightsNotPersistedError
+from rd_assets.core.errors import InvalidLogDirError, RdAssetsError, WeightsNotPersistedError
 from rd_assets.core.session.access_log import AccessLog
 from rd_assets.core.session.fingerprint import selection_fingerprint
 from rd_assets.core.session.index import SnapshotIndex
 from rd_assets.defs import check_results
-from rd_assets.defs.failures import batch_failure, failure
+from rd_assets.defs.failures import batch_failure, batch_stopped, failure, no_retry
 from rd_assets.defs.instance_connections import hold_connections
 from rd_assets.defs.metadata import (
     StageAccess,
@@ -96,6 +101,19 @@ from rd_assets.defs.specs import (
 )
 
 Event = MaterializeResult | AssetCheckResult
+
+
+def content_version(document: BaseModel, files: Mapping[str, bytes] | None = None) -> DataVersion:
+    """A data version that changes exactly when the value does: the sha256 of its JSON (and of its files' bytes).
+
+    Every asset of the chain carries one, so a batch can record each task's versions and provenance as a run of
+    that task alone does (:mod:`rd_assets.defs.partition_events`), and Dagster never has to derive one.
+    """
+    digest = hashlib.sha256(document.model_dump_json().encode())
+    for relpath, data in sorted((files or {}).items()):
+        digest.update(f"\0{relpath}\0{len(data)}\0".encode())
+        digest.update(data)
+    return DataVersion(digest.hexdigest())
 
 
 class _TaskRun:
@@ -134,6 +152,8 @@ class _TaskRun:
     def events(self) -> Iterator[Event]:
         try:
             refuse_inside(self.log_dir, "bundle store", self.bundle_store.path)
+            if checked_task_id(self.log_dir) != self.task_id:  # an alias would lock and publish under another id
+                raise InvalidLogDirError(f"{self.task_id} resolves to {self.log_dir.name}", path=str(self.log_dir))
             with extraction_lock(self.bundle_store.path, self.task_id):
                 stages = extraction_stages(
                     self.log_dir,
@@ -158,10 +178,10 @@ class _TaskRun:
 
     def _record_failure(self, exc: RdAssetsError) -> None:
         """Keep the store's failure record in step (the API answers ``failed`` with this reason), as the CLI does."""
-        if not is_task_failure(exc):
-            return
         try:
-            record_failure(self.bundle_store.path, self.task_id, exc, fingerprint=self.fingerprint or None)
+            record_task_failure(
+                self.bundle_store.path, self.task_id, exc, log_dir=self.log_dir, fingerprint=self.fingerprint or None
+            )
         except RdAssetsError as unrecorded:  # the step fails with the task's own error either way
             self.context.log.error(f"failure record not written: {unrecorded.code}: {unrecorded.message}")
 
@@ -174,7 +194,7 @@ class _TaskRun:
                 )
             case AnchorStage():
                 self.anchor = stage.anchor
-                yield self._materialize(LAST_SOTA_FACTOR_EXP, anchor_metadata(stage))
+                yield self._materialize(LAST_SOTA_FACTOR_EXP, anchor_metadata(stage), content_version(stage.anchor))
             case WeightStage():
                 yield from self._weight(stage)
             case OrderStage():
@@ -182,7 +202,8 @@ class _TaskRun:
             case CodeStage():
                 assert self.anchor is not None
                 check = check_results.code_complete(stage.code, self.anchor)
-                yield self._materialize(FACTOR_CODE, code_metadata(stage.code, self.anchor), checks=[check])
+                version = content_version(stage.code.index, stage.code.files)
+                yield self._materialize(FACTOR_CODE, code_metadata(stage.code, self.anchor), version, checks=[check])
             case BundleParts():
                 yield self._publish(stage)
 
@@ -214,7 +235,8 @@ class _TaskRun:
         assert self.weight is not None
         traversal = check_results.no_traversal(self.access, self.log_dir, stage.order)
         matches = check_results.order_matches_model(stage.order)
-        yield self._materialize(FACTOR_ORDER, order_metadata(stage, self.weight), checks=[traversal, matches])
+        metadata, version = order_metadata(stage, self.weight), content_version(stage.order)
+        yield self._materialize(FACTOR_ORDER, metadata, version, checks=[traversal, matches])
         if not traversal.passed:
             rules.require_no_traversal(self.access, self.log_dir, stage.order)
         if not matches.passed:
@@ -256,30 +278,50 @@ def extract_rd_task(
     hold_connections(context.instance)
     with rd_log_root.open_index() as index:
         if context.has_partition_key:
-            yield from _TaskRun(context, context.partition_key, rd_log_root, bundle_store, index).events()
+            try:
+                yield from _TaskRun(context, context.partition_key, rd_log_root, bundle_store, index).events()
+            except Failure as exc:
+                if _is_the_sessions(exc):
+                    no_retry(context)
+                raise
         else:
             yield from _batch(context, rd_log_root, bundle_store, index)
+
+
+def _is_the_sessions(failed: Failure) -> bool:
+    """Whether a task's failure came from its own session (the same input fails again), not from the store."""
+    return isinstance(failed.__cause__, RdAssetsError) and is_task_failure(failed.__cause__)
 
 
 def _batch(
     context: AssetExecutionContext, rd_log_root: RdLogRoot, bundle_store: BundleStore, index: SnapshotIndex
 ) -> Iterator[PartitionEvent | Output]:
-    """A backfill's range of tasks, one after another: a task that fails does not stop the others.
+    """A backfill's range of tasks, one after another: a task that fails for its own session does not stop the others.
 
-    A typed error of one task is recorded and logged as it happens; the step ends failed afterwards, naming every
-    failed task, so the backfill shows exactly those partitions as failed. Anything else (the store, the
-    database) stops the batch at once: it is not the task's fault, and the run's retry repeats the batch.
+    Such a failure is recorded and logged as it happens; the step ends failed afterwards, naming every failed task,
+    so the backfill shows exactly those partitions as failed, and the run is not retried (it would fail the same
+    way). Anything else (the store, the database, an unexpected error) stops the batch at once, naming where it
+    stopped: it is not the task's fault, and the run's retry repeats the batch.
     """
+    keys = context.partition_keys
     failed: dict[str, Failure] = {}
-    for task_id in context.partition_keys:
+    published = 0
+    for task_id in keys:
         try:
             for result in _TaskRun(context, task_id, rd_log_root, bundle_store, index).events():
                 yield from partition_events(context.instance, task_id, result)
         except Failure as exc:
+            if not _is_the_sessions(exc):
+                raise batch_stopped(task_id, exc, published=published, failed=failed, tasks=len(keys)) from exc
             failed[task_id] = exc
             context.log.error(f"{task_id}: {exc.description}")
+        except Exception as exc:
+            raise batch_stopped(task_id, exc, published=published, failed=failed, tasks=len(keys)) from exc
+        else:
+            published += 1
     if failed:
-        raise batch_failure(failed, tasks=len(context.partition_keys))
+        no_retry(context)
+        raise batch_failure(failed, tasks=len(keys))
     for spec in CHECK_SPECS:  # each check's output is required of the step; every task's evaluation is above
         yield Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(spec.key))
 

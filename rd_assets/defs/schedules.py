@@ -8,7 +8,8 @@ A task whose last extraction failed for a reason of its own session (the store's
 fingerprint is the one recorded: the core is deterministic, so the same session would fail the same way, and a
 new snapshot changes the fingerprint and lifts this. A run that failed for any other reason (a database outage,
 a killed worker, a full disk) leaves no such record, so the task is requested again. A run already queued or
-running for that fingerprint is not duplicated either.
+running for that fingerprint is not duplicated either, nor a task that a backfill batch in flight covers (a batch
+carries a partition range, not a per-task tag).
 """
 
 from dataclasses import dataclass
@@ -32,7 +33,13 @@ from rd_assets.core.errors import RdAssetsError, TaskStatusError
 from rd_assets.core.session.fingerprint import session_fingerprint
 from rd_assets.core.text_safety import printable
 from rd_assets.defs.jobs import rd_task_job
-from rd_assets.defs.partitions import FINGERPRINT_TAG, PARTITION_TAG, RD_TASK_PARTITIONS_NAME
+from rd_assets.defs.partitions import (
+    FINGERPRINT_TAG,
+    PARTITION_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    RD_TASK_PARTITIONS_NAME,
+)
 from rd_assets.defs.resources import BundleStore, RdLogRoot
 from rd_assets.defs.sensors import run_key
 
@@ -62,7 +69,24 @@ def _has_run(instance: DagsterInstance, task_id: str, fingerprint: str, statuses
     return bool(instance.get_run_ids(filters=RunsFilter(tags=tags, statuses=statuses), limit=1))
 
 
-def decide(instance: DagsterInstance, rd_log_root: RdLogRoot, bundle_store: BundleStore, task_id: str) -> Decision:
+def tasks_in_flight_batches(instance: DagsterInstance, partitions: list[str]) -> set[str]:
+    """Tasks covered by a queued or running run over a partition range (a backfill batch)."""
+    order = {key: i for i, key in enumerate(partitions)}
+    covered: set[str] = set()
+    for run in instance.get_runs(filters=RunsFilter(job_name=rd_task_job.name, statuses=IN_FLIGHT)):
+        first, last = order.get(run.tags.get(RANGE_START_TAG, "")), order.get(run.tags.get(RANGE_END_TAG, ""))
+        if first is not None and last is not None:
+            covered.update(partitions[first : last + 1])
+    return covered
+
+
+def decide(
+    instance: DagsterInstance,
+    rd_log_root: RdLogRoot,
+    bundle_store: BundleStore,
+    task_id: str,
+    in_batches: set[str] | frozenset[str] = frozenset(),
+) -> Decision:
     """Whether ``task_id`` needs a run today, and why (each reason is logged by the schedule)."""
     try:
         session = session_fingerprint(rd_log_root.log_dir(task_id))
@@ -95,6 +119,8 @@ def decide(instance: DagsterInstance, rd_log_root: RdLogRoot, bundle_store: Bund
         return Decision(task_id, "failed_before", f"{reason}, but this session already failed with {why}", fp)
     if _has_run(instance, task_id, fp, IN_FLIGHT):
         return Decision(task_id, "in_flight", f"{reason}; a run for fingerprint {fp} is queued or running", fp)
+    if task_id in in_batches:
+        return Decision(task_id, "in_flight", f"{reason}; a backfill batch that covers it is queued or running", fp)
     return Decision(task_id, verdict, reason, fp)
 
 
@@ -109,10 +135,9 @@ def decide(instance: DagsterInstance, rd_log_root: RdLogRoot, bundle_store: Bund
 def rd_task_backfill_schedule(
     context: ScheduleEvaluationContext, rd_log_root: RdLogRoot, bundle_store: BundleStore
 ) -> list[RunRequest] | SkipReason:
-    decisions = [
-        decide(context.instance, rd_log_root, bundle_store, task_id)
-        for task_id in context.instance.get_dynamic_partitions(RD_TASK_PARTITIONS_NAME)
-    ]
+    partitions = list(context.instance.get_dynamic_partitions(RD_TASK_PARTITIONS_NAME))
+    in_batches = tasks_in_flight_batches(context.instance, partitions)
+    decisions = [decide(context.instance, rd_log_root, bundle_store, task_id, in_batches) for task_id in partitions]
     for d in decisions:
         if d.verdict != "fresh":
             context.log.info(f"{d.task_id}: {d.verdict}: {d.reason}")

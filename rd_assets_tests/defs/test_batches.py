@@ -7,7 +7,11 @@ the samples, record the broken task's failure and keep going, and end failed nam
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,6 @@ import pytest
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
-    BackfillPolicy,
     DagsterInstance,
     ExecuteInProcessResult,
     instance_for_test,
@@ -34,7 +37,6 @@ from rd_assets.defs.partitions import (
     RD_TASK_PARTITIONS_NAME,
     backfill_batch,
 )
-from rd_assets.defs.rd_task_assets import extract_rd_task
 from rd_assets_tests.conftest import copy_sample_task
 from rd_assets_tests.defs.conftest import BROKEN_TASK, write_broken_task
 from rd_assets_tests.defs.test_assets import ASSET_NAMES, CHECK_NAMES, chain_resources, materialize_task
@@ -53,9 +55,15 @@ def run_range(instance: DagsterInstance, resources: dict[str, Any], first: str, 
     return job.execute_in_process(instance=instance, raise_on_error=False, tags=tags)
 
 
-@pytest.fixture(scope="module")
-def batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DagsterInstance, dict, ExecuteInProcessResult]]:
-    tmp = tmp_path_factory.mktemp("batch")
+def tree(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path under ``root`` with its mode, size and mtime: any write under it changes this."""
+    stats = {p: p.lstat() for p in root.rglob("*")}
+    return {str(p.relative_to(root)): (st.st_mode, st.st_size, st.st_mtime_ns) for p, st in stats.items()}
+
+
+@contextlib.contextmanager
+def samples_with_broken_task(tmp: Path) -> Iterator[tuple[DagsterInstance, dict]]:
+    """The three samples and the broken task in a log root, partitions in :data:`BATCH` order, the signing key set."""
     log_root = tmp / "log"
     for task in SAMPLE_TASKS:
         copy_sample_task(task, log_root)
@@ -66,7 +74,17 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DagsterIns
         env.setenv("RD_ASSETS_SIGNING_KEY", signing_key["signing_key"])
         env.setenv("RD_ASSETS_ALLOW_UNSIGNED", "1")
         instance.add_dynamic_partitions(RD_TASK_PARTITIONS_NAME, BATCH)
-        yield instance, resources, run_range(instance, resources, BATCH[0], BATCH[-1])
+        yield instance, resources
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DagsterInstance, dict, ExecuteInProcessResult]]:
+    tmp = tmp_path_factory.mktemp("batch")
+    with samples_with_broken_task(tmp) as (instance, resources):
+        before = tree(resources["rd_log_root"].root)
+        result = run_range(instance, resources, BATCH[0], BATCH[-1])
+        assert tree(resources["rd_log_root"].root) == before, "the batch wrote under the log root"
+        yield instance, resources, result
 
 
 def materializations(result: ExecuteInProcessResult) -> dict[str, list[Any]]:
@@ -132,6 +150,35 @@ def test_the_instance_sees_each_partition_materialized_with_its_data_version(bat
     ).records
 
 
+def latest_tags(instance: DagsterInstance, asset: str, task: str) -> dict[str, str]:
+    records = instance.fetch_materializations(AssetRecordsFilter(AssetKey(asset), asset_partitions=[task]), limit=1)
+    materialization = records.records[0].asset_materialization
+    assert materialization is not None
+    return dict(materialization.tags or {})
+
+
+def without_pointer_values(tags: dict[str, str]) -> dict[str, str]:
+    """The tags, with the storage ids of the inputs (which differ between two runs) replaced by their presence."""
+    return {k: "<storage id>" if k.startswith("dagster/input_event_pointer/") else v for k, v in tags.items()}
+
+
+def test_a_batch_records_the_versions_and_provenance_a_run_of_the_task_alone_records(batch: tuple) -> None:
+    instance, resources, result = batch
+    task = SAMPLE_TASKS[0]
+    from_batch = {name: latest_tags(instance, name, task) for name in ASSET_NAMES}
+    single = materialize_task(instance, resources, task)
+    assert single.success
+    from_single = {name: latest_tags(instance, name, task) for name in ASSET_NAMES}
+    for name in ASSET_NAMES:
+        assert without_pointer_values(from_batch[name]) == without_pointer_values(from_single[name]), name
+        assert from_batch[name]["dagster/data_version"], name
+    pointer = from_batch["aistock_bundle"]["dagster/input_event_pointer/factor_code"]
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(AssetKey("factor_code"), asset_partitions=[task], storage_ids=[int(pointer)]), limit=1
+    ).records
+    assert records and records[0].run_id == result.run_id, "the pointer names the batch's own factor_code event"
+
+
 def test_a_batch_materialization_is_as_fresh_as_a_single_run(batch: tuple) -> None:
     """Dagster's own staleness reads the data and code versions the batch recorded: nothing shows as stale."""
     instance, resources, _ = batch
@@ -151,8 +198,50 @@ def test_a_range_of_good_tasks_succeeds(batch: tuple) -> None:
     assert sorted(materializations(result)) == sorted(SAMPLE_TASKS[1:])
 
 
-def test_the_backfill_policy_batches_tasks() -> None:
-    assert extract_rd_task.backfill_policy == BackfillPolicy.multi_run(max_partitions_per_run=backfill_batch())
+def test_the_batch_size_is_read_when_the_code_location_loads() -> None:
+    probe = "from rd_assets.definitions import defs; print(defs.resolve_assets_def('aistock_bundle').backfill_policy)"
+    env = {k: v for k, v in os.environ.items() if k != BACKFILL_BATCH_ENV}
+
+    def load(setting: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-c", probe]
+        return subprocess.run(argv, env={**env, BACKFILL_BATCH_ENV: setting}, capture_output=True, text=True)
+
+    for setting, size in (("7", 7), ("", DEFAULT_BACKFILL_BATCH)):
+        out = load(setting)
+        assert out.returncode == 0 and f"max_partitions_per_run={size}" in out.stdout, out.stderr[-2000:]
+    bad = load("0")
+    assert bad.returncode != 0 and f"{BACKFILL_BATCH_ENV}='0': expected a whole number" in bad.stderr
+
+
+def test_a_run_that_failed_only_for_its_tasks_sessions_is_not_retried(batch: tuple) -> None:
+    instance, resources, result = batch
+    assert instance.get_run_by_id(result.run_id).tags.get("dagster/retry_on_asset_or_op_failure") == "false"
+    good = run_range(instance, resources, SAMPLE_TASKS[1], SAMPLE_TASKS[2])
+    assert "dagster/retry_on_asset_or_op_failure" not in instance.get_run_by_id(good.run_id).tags
+    alone = materialize_task(instance, resources, BROKEN_TASK)  # a run of the broken task alone: the same
+    assert not alone.success
+    assert instance.get_run_by_id(alone.run_id).tags.get("dagster/retry_on_asset_or_op_failure") == "false"
+
+
+@pytest.mark.parametrize("blocker", [".locks/{task}", ".dagster_state/{task}.json"])
+def test_an_error_that_is_not_the_tasks_stops_the_batch_where_it_happened(tmp_path: Path, blocker: str) -> None:
+    """A folder where the store keeps a task's lock (a typed store error) or its publication record (an OSError):
+    the batch stops at that task, names it and what came before, and is left to the run's retry."""
+    with samples_with_broken_task(tmp_path) as (instance, resources):
+        stop = SAMPLE_TASKS[1]  # BATCH: sample 0, broken, sample 1, sample 2
+        (resources["bundle_store"].path / blocker.format(task=stop)).mkdir(parents=True)
+        result = run_range(instance, resources, BATCH[0], BATCH[-1])
+        (failure,) = [e for e in result.all_events if e.is_step_failure]
+        data = failure.step_failure_data
+        assert data.user_failure_data is not None
+        text = data.error.to_string()
+        assert f"the batch stopped at {stop} (3 of 4)" in text and f"1 published, 1 failed ({BROKEN_TASK})" in text
+        assert data.user_failure_data.metadata["stopped_at"].value == stop
+        found = materializations(result)
+        assert [m.asset_key.to_user_string() for m in found[SAMPLE_TASKS[0]]] == ASSET_NAMES
+        assert "aistock_bundle" not in [m.asset_key.to_user_string() for m in found.get(stop, [])]
+        assert SAMPLE_TASKS[2] not in found, "nothing after the task that stopped the batch was tried"
+        assert "dagster/retry_on_asset_or_op_failure" not in instance.get_run_by_id(result.run_id).tags
 
 
 def test_the_batch_size_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,9 +253,3 @@ def test_the_batch_size_comes_from_the_environment(monkeypatch: pytest.MonkeyPat
         monkeypatch.setenv(BACKFILL_BATCH_ENV, bad)
         with pytest.raises(ValueError, match=BACKFILL_BATCH_ENV):
             backfill_batch()
-
-
-def test_the_log_root_is_never_written(batch: tuple, tmp_path: Path) -> None:
-    _, resources, _ = batch
-    log_root = resources["rd_log_root"].root
-    assert not list(log_root.rglob("*.lock")) and not list(log_root.rglob(".versions"))

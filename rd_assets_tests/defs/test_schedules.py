@@ -9,7 +9,13 @@ from dagster._core.test_utils import create_run_for_test
 
 from rd_assets.core.bundle.task_status import read_failure
 from rd_assets.core.session.fingerprint import session_fingerprint
-from rd_assets.defs.partitions import FINGERPRINT_TAG, PARTITION_TAG, RD_TASK_PARTITIONS_NAME
+from rd_assets.defs.partitions import (
+    FINGERPRINT_TAG,
+    PARTITION_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    RD_TASK_PARTITIONS_NAME,
+)
 from rd_assets.defs.schedules import rd_task_backfill_schedule
 from rd_assets_tests.defs.test_assets import chain_resources, materialize_task
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, growing_timeline, write_task
@@ -85,6 +91,24 @@ def test_a_deterministic_failure_is_not_retried_until_the_session_changes(tmp_pa
         assert retried[0].tags[FINGERPRINT_TAG] == session_fingerprint(log_dir).token != fp
 
 
+def test_a_failure_before_any_snapshot_was_read_also_parks_the_task(tmp_path: Path) -> None:
+    """Every snapshot unreadable: the failure comes before a snapshot is chosen, so the record carries the
+    session's stat fingerprint, and the schedule does not request the task daily until the session changes."""
+    log_root = tmp_path / "log"
+    spec = ExperimentSpec(factors=[FactorSpec("Mom_10D")], decision=True)
+    log_dir = write_task(log_root, NO_WEIGHTS, growing_timeline(2), hist=[spec] * 2)
+    for snapshot in (log_dir / "__session__").glob("*/*"):
+        snapshot.write_bytes(b"not a pickle")
+    resources = chain_resources(tmp_path, log_root, path_map=[])
+    with instance_for_test() as instance:
+        assert not materialize_task(instance, resources, NO_WEIGHTS).success
+        failure = read_failure(resources["bundle_store"].path, NO_WEIGHTS)
+        assert failure is not None and failure.code == "no_snapshot"
+        assert failure.fingerprint == session_fingerprint(log_dir).token
+        parked = evaluate(instance, resources)
+        assert isinstance(parked, SkipReason) and "'failed_before': 1" in parked.skip_message
+
+
 def test_a_run_that_failed_for_another_reason_is_requested_again(
     tmp_path: Path, copy_sample: Callable[[str], Path]
 ) -> None:
@@ -104,6 +128,22 @@ def test_a_run_that_failed_for_another_reason_is_requested_again(
         (status_dir / f"{SAMPLE}.json").write_text("{not json")
         unreadable = evaluate(instance, resources)
         assert [r.partition_key for r in unreadable] == [SAMPLE], "an unreadable record never parks a task"
+
+
+def test_a_task_inside_a_running_backfill_batch_is_not_requested_again(
+    tmp_path: Path, copy_sample: Callable[[str], Path]
+) -> None:
+    """A batch carries a partition range, not the task's tag; the schedule still sees that it covers the task."""
+    log_root = copy_sample(SAMPLE).parent
+    resources = chain_resources(tmp_path, log_root)
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(RD_TASK_PARTITIONS_NAME, ["2026-01-01_00-00-00-000000", SAMPLE, "z-last"])
+        tags = {RANGE_START_TAG: "2026-01-01_00-00-00-000000", RANGE_END_TAG: "z-last"}
+        batch = create_run_for_test(instance, job_name="rd_task_job", tags=tags, status=DagsterRunStatus.STARTED)
+        held = evaluate(instance, resources)
+        assert isinstance(held, SkipReason) and "'in_flight': 1" in held.skip_message
+        instance.report_run_failed(batch)
+        assert [r.partition_key for r in evaluate(instance, resources)] == [SAMPLE], "the batch ended: requested"
 
 
 def test_a_vanished_log_dir_is_not_requested(tmp_path: Path) -> None:

@@ -34,9 +34,11 @@ from rd_assets.core.artifacts.weights import ModelWeight
 from rd_assets.core.bundle.assemble import BundleContent, assemble_bundle
 from rd_assets.core.bundle.rules import require_no_traversal
 from rd_assets.core.bundle.store import PublishResult, extraction_lock, publish_bundle
+from rd_assets.core.bundle.task_status import is_task_failure, record_failure
 from rd_assets.core.contracts.artifact_models import FactorOrder, ModelMeta
 from rd_assets.core.contracts.bundle_models import ExtractReport, ExtractRun
 from rd_assets.core.contracts.models import ErrorInfo, SnapshotSelection, SotaFactorExperiment
+from rd_assets.core.contracts.status_models import TaskFailure
 from rd_assets.core.errors import (
     BundleStoreError,
     FeatureCountMismatchError,
@@ -47,6 +49,7 @@ from rd_assets.core.errors import (
 )
 from rd_assets.core.session.access_log import AccessLog
 from rd_assets.core.session.file_format import SignatureStatus
+from rd_assets.core.session.fingerprint import session_fingerprint
 from rd_assets.core.session.index import SnapshotIndex
 from rd_assets.core.session.reading import AnchorReading
 from rd_assets.core.session.snapshots import SESSION_DIR, newer_unreadable
@@ -350,6 +353,25 @@ def publish_parts(parts: BundleParts, *, store: Path, keep_versions: int = 3) ->
     content = parts.assemble()
     publish = publish_bundle(store, content, keep_versions=keep_versions)
     return ExtractOutcome(content=content, publish=publish, report=parts.report)
+
+
+def record_task_failure(
+    store: Path, task_id: str, error: RdAssetsError, *, log_dir: Path, fingerprint: str | None = None
+) -> TaskFailure | None:
+    """What an extractor (the CLI, a Dagster run) does when a task fails: record ``error`` if the session caused it.
+
+    ``fingerprint`` is that of the reading that failed; when the failure came before any snapshot was chosen, the
+    session's fingerprint now (stat only) stands in, so a reader such as the daily schedule can still tell whether
+    the session changed since. None only when the log dir cannot even be listed.
+    """
+    if not is_task_failure(error):
+        return None
+    if fingerprint is None:
+        try:
+            fingerprint = session_fingerprint(log_dir).token
+        except (RdAssetsError, OSError):
+            fingerprint = None
+    return record_failure(store, task_id, error, fingerprint=fingerprint)
 
 
 def checked_task_id(log_dir: Path) -> str:

@@ -149,7 +149,11 @@ def extraction_lock(store: Path, task_id: str) -> Iterator[None]:
     locks = store / EXTRACT_LOCKS_DIR
     try:
         locks.mkdir(parents=True, exist_ok=True)
-        fd = os.open(locks / task_id, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        folder = os.open(locks, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)  # never a symlink
+        try:
+            fd = os.open(task_id, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder)
+        finally:
+            os.close(folder)
     except OSError as exc:
         raise BundleStoreError(f"cannot lock the task in the store: {exc.strerror or exc}", path=str(locks)) from exc
     try:

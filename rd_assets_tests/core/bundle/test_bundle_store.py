@@ -244,3 +244,14 @@ def test_a_log_dir_that_is_not_a_task_leaves_nothing_in_the_store(tmp_path: Path
         with pytest.raises(InvalidLogDirError, match=why):
             extract_task(log_dir, store=store, path_map=PathMap.parse([]), index=SnapshotIndex(None))
     assert not store.exists()
+
+
+def test_the_extraction_lock_never_follows_a_symlinked_locks_folder(tmp_path: Path) -> None:
+    """A ``.locks`` planted as a symlink (say, into a log dir) is refused, and nothing is created where it points."""
+    store, elsewhere = tmp_path / "store", tmp_path / "log" / PLAIN_TASK / "__session__"
+    store.mkdir()
+    elsewhere.mkdir(parents=True)
+    (store / ".locks").symlink_to(elsewhere)
+    with pytest.raises(BundleStoreError, match="cannot lock the task"), extraction_lock(store, PLAIN_TASK):
+        pass
+    assert list(elsewhere.iterdir()) == []
