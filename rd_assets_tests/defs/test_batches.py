@@ -34,6 +34,8 @@ from rd_assets.definitions import build_definitions
 from rd_assets.defs.partitions import (
     BACKFILL_BATCH_ENV,
     DEFAULT_BACKFILL_BATCH,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
     RD_TASK_PARTITIONS_NAME,
     backfill_batch,
 )
@@ -41,8 +43,6 @@ from rd_assets_tests.conftest import copy_sample_task
 from rd_assets_tests.defs.conftest import BROKEN_TASK, write_broken_task
 from rd_assets_tests.defs.test_assets import ASSET_NAMES, CHECK_NAMES, chain_resources, materialize_task
 
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 BATCH = [SAMPLE_TASKS[0], BROKEN_TASK, SAMPLE_TASKS[1], SAMPLE_TASKS[2]]
 """In partition order: the broken task sits inside the range, so tasks after it must still run."""
 AISTOCK_BUNDLE = AssetKey("aistock_bundle")

@@ -12,14 +12,13 @@ every run here is the backfill's.
 from __future__ import annotations
 
 from rd_assets.core.samples import SAMPLE_TASKS
-from rd_assets.defs.partitions import BACKFILL_BATCH_ENV
+from rd_assets.defs.partitions import BACKFILL_BATCH_ENV, RANGE_END_TAG, RANGE_START_TAG
 from rd_assets_tests.defs.test_assets import CHECK_NAMES
 from rd_assets_tests.deploy.conftest import verify
 from rd_assets_tests.deploy.stack import TERMINAL, DeployStack, copy_task, graphql_for
 
 TASKS = [f"backfill-{i}-{SAMPLE_TASKS[i % len(SAMPLE_TASKS)]}" for i in range(6)]
 BATCH = 2
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 TIMEOUT_S = 300
 
 
@@ -53,14 +52,14 @@ def test_daemon_restart_mid_backfill_neither_loses_nor_repeats_a_task(stack: Dep
         runs = backfill["runs"]
         assert {r["status"] for r in runs} == {"SUCCESS"}
         assert len(gql.runs()) == len(runs) == len(TASKS) // BATCH, "one run per batch, none besides the backfill's"
-        ranges = sorted((r["tags"][RANGE_START], r["tags"][RANGE_END]) for r in runs)
+        ranges = sorted((r["tags"][RANGE_START_TAG], r["tags"][RANGE_END_TAG]) for r in runs)
         assert ranges == [(TASKS[i], TASKS[i + BATCH - 1]) for i in range(0, len(TASKS), BATCH)], at_restart
         by_partition = gql.materialized_partitions("aistock_bundle")
         assert sorted(by_partition) == sorted(TASKS)
         assert all(len(run_ids) == 1 for run_ids in by_partition.values()), by_partition
         for run in runs:
             checks = gql.checks_by_partition(run["runId"])
-            batch = TASKS[TASKS.index(run["tags"][RANGE_START]) :][:BATCH]
+            batch = TASKS[TASKS.index(run["tags"][RANGE_START_TAG]) :][:BATCH]
             assert checks == {task: dict.fromkeys(CHECK_NAMES, "PASSED") for task in batch}
 
     for task in TASKS:

@@ -61,6 +61,12 @@ class PublishResult:
     """False when the current version already held exactly this content (nothing was written)."""
 
 
+def _check_store(store: Path) -> None:
+    """A store path that names a file is refused before anything is created beside or under it."""
+    if store.exists() and not store.is_dir():
+        raise BundleStoreError("the store path exists and is not a directory", path=str(store))
+
+
 def _check_task_id(task_id: str) -> None:
     if not is_task_id(task_id):
         raise BundleStoreError(f"not a safe task id: {task_id!r}", path=task_id)
@@ -144,8 +150,7 @@ def extraction_lock(store: Path, task_id: str) -> Iterator[None]:
     from ``.versions``, so a task that never publishes leaves no trace there.
     """
     _check_task_id(task_id)
-    if store.exists() and not store.is_dir():
-        raise BundleStoreError("the store path exists and is not a directory", path=str(store))
+    _check_store(store)
     locks = store / EXTRACT_LOCKS_DIR
     try:
         locks.mkdir(parents=True, exist_ok=True)
@@ -219,8 +224,7 @@ def publish_bundle(store: Path, content: BundleContent, *, keep_versions: int = 
     if manifest_bytes is None or Manifest.model_validate_json(manifest_bytes) != content.manifest:
         raise BundleStoreError(f"{MANIFEST} is missing or differs from the bundle's manifest", path=task_id)
 
-    if store.exists() and not store.is_dir():
-        raise BundleStoreError("the store path exists and is not a directory", path=str(store))
+    _check_store(store)
     try:
         return _publish_locked(store, content, new_hash, keep_versions)
     except OSError as exc:
