@@ -32,6 +32,9 @@ LAYERS = [
     # a consumer machine talks HTTP and reads bundles: no Dagster, no server stack
     ("rd_assets.client", [*CONSUMER_BLOCKED]),
     ("rd_assets.consumer", [*CONSUMER_BLOCKED]),
+    # loaded by every Dagster process of a deployment (webserver and daemon too), which need not run the code
+    # location: Dagster's storage only
+    ("rd_assets.instance", ["rd_assets.core", "rd_assets.defs", "rd_assets.api", "rd_assets.cli", "fastapi"]),
 ]
 
 
@@ -41,7 +44,7 @@ def test_layer_imports_nothing_above_it(layer: str, blocked: list[str]) -> None:
         [sys.executable, "-c", PROBE, layer, ",".join(blocked)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert int(done.stdout.strip()) >= 3, f"{layer}: too few modules found: {done.stdout!r}"
+    assert int(done.stdout.strip()) >= 2, f"{layer}: no module found under the package: {done.stdout!r}"
 
 
 def test_the_probe_can_fail() -> None:

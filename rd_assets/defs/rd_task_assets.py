@@ -74,7 +74,6 @@ from rd_assets.core.session.fingerprint import selection_fingerprint
 from rd_assets.core.session.index import SnapshotIndex
 from rd_assets.defs import check_results
 from rd_assets.defs.failures import batch_failure, batch_stopped, failure, no_retry
-from rd_assets.defs.instance_connections import hold_connections
 from rd_assets.defs.metadata import (
     StageAccess,
     anchor_metadata,
@@ -275,7 +274,6 @@ class _TaskRun:
 def extract_rd_task(
     context: AssetExecutionContext, rd_log_root: RdLogRoot, bundle_store: BundleStore
 ) -> Iterator[Event | PartitionEvent | Output]:
-    hold_connections(context.instance)
     with rd_log_root.open_index() as index:
         if context.has_partition_key:
             try:

@@ -14,14 +14,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterInstance, DagsterRun, DefaultRunLauncher, QueuedRunCoordinator
-from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+from dagster import AssetMaterialization, DagsterInstance, DagsterRun, DefaultRunLauncher, QueuedRunCoordinator
+from dagster_postgres import PostgresEventLogStorage
+from sqlalchemy import text
 
-from rd_assets.defs.instance_connections import hold_connections
+from rd_assets.instance.pooled_postgres_storage import (
+    PooledPostgresEventLogStorage,
+    PooledPostgresRunStorage,
+    PooledPostgresScheduleStorage,
+)
 from rd_assets_tests.deploy.postgres_server import PostgresServer
 from rd_assets_tests.deploy.stack import DEPLOY
 
 CONNECTION_KEYS = ("hostname", "port", "db_name", "username", "password")
+STORAGES = ("run_storage", "event_log_storage", "schedule_storage")
 
 
 def deploy_config() -> dict:
@@ -29,7 +35,10 @@ def deploy_config() -> dict:
 
 
 def test_the_connection_is_read_from_the_environment_only() -> None:
-    db = deploy_config()["storage"]["postgres"]["postgres_db"]
+    config = deploy_config()
+    run, events, schedules = (config[section]["config"] for section in STORAGES)
+    assert run == events == schedules, "the three storages share one connection config"
+    db = run["postgres_db"]
     assert {key: sorted(db[key]) for key in CONNECTION_KEYS} == {key: ["env"] for key in CONNECTION_KEYS}
     workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
     (server,) = [entry["grpc_server"] for entry in workspace["load_from"]]
@@ -50,9 +59,9 @@ def home(tmp_path: Path, postgres: PostgresServer, monkeypatch: pytest.MonkeyPat
 @pytest.mark.usefixtures("home")
 def test_the_instance_is_postgres_with_queue_limits_monitoring_and_retries() -> None:
     with DagsterInstance.get() as instance:
-        assert isinstance(instance.run_storage, PostgresRunStorage)
-        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
-        assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+        assert isinstance(instance.run_storage, PooledPostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PooledPostgresEventLogStorage)
+        assert isinstance(instance.schedule_storage, PooledPostgresScheduleStorage)
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         assert isinstance(instance.run_launcher, DefaultRunLauncher)
         queue = instance.get_concurrency_config().run_queue_config
@@ -80,22 +89,53 @@ def sessions_opened(postgres: PostgresServer, database: str) -> int:
         conn.close()
 
 
-@pytest.mark.usefixtures("home")
-def test_a_run_worker_keeps_its_connections_instead_of_one_per_event(postgres: PostgresServer) -> None:
-    """What ``hold_connections`` (called by every run of the code location) changes: without it, Dagster opens a
-    connection per event written; with it, the instance writes its events over connections it keeps."""
+def with_storage(home: Path, storage: dict) -> None:
+    """Rewrite ``home``'s dagster.yaml with other storage sections, the rest unchanged."""
+    config = deploy_config()
+    for section in STORAGES:
+        del config[section]
+    (home / "dagster.yaml").write_text(yaml.safe_dump({**config, **storage}))
+
+
+def connections_for(postgres: PostgresServer, instance: DagsterInstance, events: int) -> int:
+    """Connections opened while ``instance`` writes ``events`` events of a run, then as many materializations
+    with tags (what each asset of a run writes)."""
+    database = instance.event_log_storage.postgres_url.rsplit("/", 1)[-1].split("?")[0]
+    run = instance.add_run(DagsterRun(job_name="connections"))
+    before = sessions_opened(postgres, database)
+    for i in range(events):
+        instance.report_engine_event(f"event {i}", run)
+        instance.report_runless_asset_event(AssetMaterialization("probe", tags={"dagster/data_version": str(i)}))
+    time.sleep(1.0)  # a closed session's statistics reach pg_stat_database when its backend has exited
+    return sessions_opened(postgres, database) - before - 1  # the counting query's own session
+
+
+def test_every_process_keeps_its_connections_instead_of_one_per_event(home: Path, postgres: PostgresServer) -> None:
+    """What the pooled storages change. With dagster-postgres's own ``storage: postgres`` (same database), an
+    instance opens a connection or more per event written; with deploy/dagster.yaml it writes over kept ones, and
+    so does the instance a run worker rebuilds from the ref it is launched with."""
     with DagsterInstance.get() as instance:
-        database = instance.event_log_storage.postgres_url.rsplit("/", 1)[-1].split("?")[0]
-        run = instance.add_run(DagsterRun(job_name="connections"))
+        assert connections_for(postgres, instance, 20) <= 2
+        with DagsterInstance.from_ref(instance.get_ref()) as run_workers:
+            assert isinstance(run_workers.event_log_storage, PooledPostgresEventLogStorage)
+            assert connections_for(postgres, run_workers, 20) <= 2
+    with_storage(home, {"storage": {"postgres": deploy_config()["run_storage"]["config"]}})
+    with DagsterInstance.get() as plain:
+        assert type(plain.event_log_storage) is PostgresEventLogStorage
+        assert connections_for(postgres, plain, 20) >= 40, "Dagster's default: a connection or more per event"
 
-        def connections_for(events: int) -> int:
-            before = sessions_opened(postgres, database)
-            for i in range(events):
-                instance.report_engine_event(f"event {i}", run)
-            time.sleep(1.0)  # a closed session's statistics reach pg_stat_database when its backend has exited
-            return sessions_opened(postgres, database) - before - 1  # the counting query's own session
 
-        assert connections_for(20) >= 15, "Dagster's default: about a connection per event written"
-        hold_connections(instance)
-        hold_connections(instance)  # once per instance: a second call changes nothing
-        assert connections_for(20) <= 2
+def statement_timeout(instance: DagsterInstance) -> str:
+    with instance.event_log_storage.index_connection() as conn:
+        return conn.execute(text("SHOW statement_timeout")).scalar_one()
+
+
+def test_the_pool_is_configurable_and_has_no_statement_timeout_by_default(home: Path) -> None:
+    with DagsterInstance.get() as instance:
+        assert statement_timeout(instance) == "0"
+    storages = {section: deploy_config()[section] for section in STORAGES}
+    for storage in storages.values():
+        storage["config"]["pool"] = {"statement_timeout_ms": 2500}
+    with_storage(home, storages)
+    with DagsterInstance.get() as instance:
+        assert statement_timeout(instance) == "2500ms"
