@@ -9,7 +9,7 @@ fingerprint is the one recorded: the core is deterministic, so the same session 
 new snapshot changes the fingerprint and lifts this. A run that failed for any other reason (a database outage,
 a killed worker, a full disk) leaves no such record, so the task is requested again. A run already queued or
 running for that fingerprint is not duplicated either, nor a task that a backfill batch in flight covers (a batch
-carries a partition range, not a per-task tag).
+carries a partition range, not a per-task tag, and runs as Dagster's asset job, not as ``rd_task_job``).
 """
 
 from dataclasses import dataclass
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dagster import (
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     DefaultScheduleStatus,
     RunRequest,
@@ -42,6 +43,9 @@ from rd_assets.defs.partitions import (
 )
 from rd_assets.defs.resources import BundleStore, RdLogRoot
 from rd_assets.defs.sensors import run_key
+from rd_assets.defs.specs import CHAIN
+
+RD_TASK_ASSETS = frozenset(CHAIN)
 
 IN_FLIGHT = [
     DagsterRunStatus.QUEUED,
@@ -64,29 +68,36 @@ class Decision:
         return self.verdict in ("missing", "stale")
 
 
-def _has_run(instance: DagsterInstance, task_id: str, fingerprint: str, statuses: list[DagsterRunStatus]) -> bool:
-    tags = {PARTITION_TAG: task_id, FINGERPRINT_TAG: fingerprint}
-    return bool(instance.get_run_ids(filters=RunsFilter(tags=tags, statuses=statuses), limit=1))
+@dataclass(frozen=True)
+class InFlight:
+    """What the queued and running runs of ``rd_task_job`` cover, read once per tick."""
+
+    runs: frozenset[tuple[str, str]] = frozenset()
+    """(task, session fingerprint) of each single-task run"""
+    batches: frozenset[str] = frozenset()
+    """tasks inside the partition range of a backfill batch"""
 
 
-def tasks_in_flight_batches(instance: DagsterInstance, partitions: list[str]) -> set[str]:
-    """Tasks covered by a queued or running run over a partition range (a backfill batch)."""
+def is_rd_task_run(run: DagsterRun) -> bool:
+    """A run of ``rd_task_job`` (sensor, schedule) or of Dagster's asset job over these assets: a backfill batch
+    or a run launched from the UI is named ``__ASSET_JOB``, not after our job."""
+    return run.job_name == rd_task_job.name or bool(run.asset_selection and run.asset_selection & RD_TASK_ASSETS)
+
+
+def in_flight(instance: DagsterInstance, partitions: list[str]) -> InFlight:
     order = {key: i for i, key in enumerate(partitions)}
-    covered: set[str] = set()
-    for run in instance.get_runs(filters=RunsFilter(job_name=rd_task_job.name, statuses=IN_FLIGHT)):
+    runs: set[tuple[str, str]] = set()
+    batches: set[str] = set()
+    for run in filter(is_rd_task_run, instance.get_runs(filters=RunsFilter(statuses=IN_FLIGHT))):
+        if PARTITION_TAG in run.tags:
+            runs.add((run.tags[PARTITION_TAG], run.tags.get(FINGERPRINT_TAG, "")))
         first, last = order.get(run.tags.get(RANGE_START_TAG, "")), order.get(run.tags.get(RANGE_END_TAG, ""))
         if first is not None and last is not None:
-            covered.update(partitions[first : last + 1])
-    return covered
+            batches.update(partitions[first : last + 1])
+    return InFlight(frozenset(runs), frozenset(batches))
 
 
-def decide(
-    instance: DagsterInstance,
-    rd_log_root: RdLogRoot,
-    bundle_store: BundleStore,
-    task_id: str,
-    in_batches: set[str] | frozenset[str] = frozenset(),
-) -> Decision:
+def decide(rd_log_root: RdLogRoot, bundle_store: BundleStore, task_id: str, running: InFlight = InFlight()) -> Decision:
     """Whether ``task_id`` needs a run today, and why (each reason is logged by the schedule)."""
     try:
         session = session_fingerprint(rd_log_root.log_dir(task_id))
@@ -117,9 +128,9 @@ def decide(
     if failure is not None and failure.fingerprint == fp:
         why = f"{failure.code}: {printable(failure.message)}"
         return Decision(task_id, "failed_before", f"{reason}, but this session already failed with {why}", fp)
-    if _has_run(instance, task_id, fp, IN_FLIGHT):
+    if (task_id, fp) in running.runs:
         return Decision(task_id, "in_flight", f"{reason}; a run for fingerprint {fp} is queued or running", fp)
-    if task_id in in_batches:
+    if task_id in running.batches:
         return Decision(task_id, "in_flight", f"{reason}; a backfill batch that covers it is queued or running", fp)
     return Decision(task_id, verdict, reason, fp)
 
@@ -136,8 +147,8 @@ def rd_task_backfill_schedule(
     context: ScheduleEvaluationContext, rd_log_root: RdLogRoot, bundle_store: BundleStore
 ) -> list[RunRequest] | SkipReason:
     partitions = list(context.instance.get_dynamic_partitions(RD_TASK_PARTITIONS_NAME))
-    in_batches = tasks_in_flight_batches(context.instance, partitions)
-    decisions = [decide(context.instance, rd_log_root, bundle_store, task_id, in_batches) for task_id in partitions]
+    running = in_flight(context.instance, partitions)
+    decisions = [decide(rd_log_root, bundle_store, task_id, running) for task_id in partitions]
     for d in decisions:
         if d.verdict != "fresh":
             context.log.info(f"{d.task_id}: {d.verdict}: {d.reason}")

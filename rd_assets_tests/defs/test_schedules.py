@@ -4,7 +4,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from dagster import DagsterRunStatus, RunRequest, SkipReason, build_schedule_context, instance_for_test
+from dagster import AssetKey, DagsterRunStatus, RunRequest, SkipReason, build_schedule_context, instance_for_test
 from dagster._core.test_utils import create_run_for_test
 
 from rd_assets.core.bundle.task_status import read_failure
@@ -17,6 +17,7 @@ from rd_assets.defs.partitions import (
     RD_TASK_PARTITIONS_NAME,
 )
 from rd_assets.defs.schedules import rd_task_backfill_schedule
+from rd_assets.defs.specs import CHAIN
 from rd_assets_tests.defs.test_assets import chain_resources, materialize_task
 from rd_assets_tests.rdagent_fixtures import ExperimentSpec, FactorSpec, growing_timeline, write_task
 
@@ -133,13 +134,21 @@ def test_a_run_that_failed_for_another_reason_is_requested_again(
 def test_a_task_inside_a_running_backfill_batch_is_not_requested_again(
     tmp_path: Path, copy_sample: Callable[[str], Path]
 ) -> None:
-    """A batch carries a partition range, not the task's tag; the schedule still sees that it covers the task."""
+    """A batch carries a partition range, not the task's tag, and is a run of Dagster's asset job, not of
+    ``rd_task_job`` (``test_backfill_batch_failure.py`` checks that shape on a real backfill); the schedule still
+    sees that it covers the task. A range over the same keys in a run of other assets does not count."""
     log_root = copy_sample(SAMPLE).parent
     resources = chain_resources(tmp_path, log_root)
     with instance_for_test() as instance:
         instance.add_dynamic_partitions(RD_TASK_PARTITIONS_NAME, ["2026-01-01_00-00-00-000000", SAMPLE, "z-last"])
         tags = {RANGE_START_TAG: "2026-01-01_00-00-00-000000", RANGE_END_TAG: "z-last"}
-        batch = create_run_for_test(instance, job_name="rd_task_job", tags=tags, status=DagsterRunStatus.STARTED)
+        other = frozenset([AssetKey("someone_elses_asset")])
+        create_run_for_test(instance, "__ASSET_JOB", tags=tags, status=DagsterRunStatus.STARTED, asset_selection=other)
+        assert [r.partition_key for r in evaluate(instance, resources)] == [SAMPLE], "not a run of these assets"
+        ours = frozenset(CHAIN)
+        batch = create_run_for_test(
+            instance, "__ASSET_JOB", tags=tags, status=DagsterRunStatus.STARTED, asset_selection=ours
+        )
         held = evaluate(instance, resources)
         assert isinstance(held, SkipReason) and "'in_flight': 1" in held.skip_message
         instance.report_run_failed(batch)

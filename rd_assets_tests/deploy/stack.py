@@ -522,7 +522,9 @@ PARTITIONS = """query ($path: [String!]!) {
 }"""
 RUNS = """query ($filter: RunsFilter) {
   runsOrError(filter: $filter) {
-    ... on Runs { results { runId status creationTime startTime endTime tags { key value } } }
+    ... on Runs {
+      results { runId jobName assetSelection { path } status creationTime startTime endTime tags { key value } }
+    }
   }
 }"""
 MATERIALIZATIONS = """query ($path: [String!]!) {

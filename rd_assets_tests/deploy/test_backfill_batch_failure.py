@@ -9,9 +9,12 @@ exactly once.
 
 from __future__ import annotations
 
+from dagster import AssetKey, DagsterRun
+
 from rd_assets.core.bundle.task_status import read_failure
 from rd_assets.core.samples import SAMPLE_TASKS
 from rd_assets.defs.partitions import BACKFILL_BATCH_ENV
+from rd_assets.defs.schedules import is_rd_task_run
 from rd_assets_tests.defs.conftest import BROKEN_TASK, write_broken_task
 from rd_assets_tests.deploy.conftest import verify
 from rd_assets_tests.deploy.stack import TERMINAL, DeployStack, copy_task, graphql_for
@@ -20,6 +23,13 @@ GOOD = [f"batch-{i}-{task}" for i, task in enumerate(SAMPLE_TASKS)]
 TASKS = [GOOD[0], BROKEN_TASK, *GOOD[1:]]
 NOT_RETRIED = "Not retrying run since it failed due to an asset or op failure"
 TIMEOUT_S = 300
+
+
+def as_dagster_run(run: dict) -> DagsterRun:
+    """The fields of a run from the UI's GraphQL that tell whose it is."""
+    selection = run["assetSelection"]
+    assets = None if selection is None else frozenset(AssetKey(key["path"]) for key in selection)
+    return DagsterRun(job_name=run["jobName"], asset_selection=assets, tags=run["tags"])
 
 
 def test_a_broken_task_fails_only_its_partition_of_the_batch(stack: DeployStack) -> None:
@@ -53,6 +63,7 @@ def test_a_broken_task_fails_only_its_partition_of_the_batch(stack: DeployStack)
         runs = gql.runs()
         assert [r["status"] for r in runs] == ["FAILURE"], "one run, not retried"
         assert runs[0]["tags"].get("dagster/retry_on_asset_or_op_failure") == "false"
+        assert is_rd_task_run(as_dagster_run(runs[0])), "the schedule must see a batch in flight as one of ours"
         for run in runs:
             (failure,) = [e for e in gql.run_events(run["runId"]) if e["__typename"] == "ExecutionStepFailureEvent"]
             message = failure["error"]["message"]
