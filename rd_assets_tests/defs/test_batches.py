@@ -21,10 +21,11 @@ from dagster import (
     AssetKey,
     AssetRecordsFilter,
     DagsterInstance,
+    Definitions,
     ExecuteInProcessResult,
     instance_for_test,
 )
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleCauseCategory, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 
 from rd_assets.core.bundle.task_status import read_failure
@@ -39,6 +40,8 @@ from rd_assets.defs.partitions import (
     RD_TASK_PARTITIONS_NAME,
     backfill_batch,
 )
+from rd_assets.defs.rd_task_assets import extract_rd_task
+from rd_assets.defs.specs import CODE_VERSION
 from rd_assets_tests.conftest import copy_sample_task
 from rd_assets_tests.defs.conftest import BROKEN_TASK, write_broken_task
 from rd_assets_tests.defs.test_assets import ASSET_NAMES, CHECK_NAMES, chain_resources, materialize_task
@@ -189,6 +192,22 @@ def test_a_batch_materialization_is_as_fresh_as_a_single_run(batch: tuple) -> No
         statuses = {name: resolver.get_status(AssetKey(name), task) for name in ASSET_NAMES}
         causes = {name: resolver.get_stale_causes(AssetKey(name), task) for name in ASSET_NAMES}
         assert statuses == dict.fromkeys(ASSET_NAMES, StaleStatus.FRESH), (task, causes)
+
+
+def test_a_new_code_version_makes_batch_made_partitions_stale(batch: tuple) -> None:
+    """The code version a batch records is the one Dagster compares: with the code version bumped, every asset of
+    every published task is stale, each for its own new code version."""
+    instance, resources, _ = batch
+    bumped = extract_rd_task.map_asset_specs(lambda spec: spec.replace_attributes(code_version=f"{CODE_VERSION}+1"))
+    graph = Definitions(assets=[bumped], resources=resources).resolve_asset_graph()
+    assert {graph.get(AssetKey(name)).code_version for name in ASSET_NAMES} == {f"{CODE_VERSION}+1"}
+    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+    for task in SAMPLE_TASKS:
+        for name in ASSET_NAMES:
+            assert resolver.get_status(AssetKey(name), task) == StaleStatus.STALE, (task, name)
+            causes = resolver.get_stale_causes(AssetKey(name), task)
+            own = [c for c in causes if c.key.asset_key == AssetKey(name)]
+            assert [c.category for c in own] == [StaleCauseCategory.CODE], (task, name, causes)
 
 
 def test_a_range_of_good_tasks_succeeds(batch: tuple) -> None:
