@@ -70,10 +70,11 @@ class Decision:
 
 @dataclass(frozen=True)
 class InFlight:
-    """What the queued and running runs of ``rd_task_job`` cover, read once per tick."""
+    """What the queued and running runs of these assets cover (``is_rd_task_run``), read once per tick."""
 
-    runs: frozenset[tuple[str, str]] = frozenset()
-    """(task, session fingerprint) of each single-task run"""
+    runs: frozenset[tuple[str, str | None]] = frozenset()
+    """(task, session fingerprint) of each single-task run; None for a run without our fingerprint tag (launched
+    from the UI), which covers the task whatever its session"""
     batches: frozenset[str] = frozenset()
     """tasks inside the partition range of a backfill batch"""
 
@@ -90,7 +91,7 @@ def in_flight(instance: DagsterInstance, partitions: list[str]) -> InFlight:
     batches: set[str] = set()
     for run in filter(is_rd_task_run, instance.get_runs(filters=RunsFilter(statuses=IN_FLIGHT))):
         if PARTITION_TAG in run.tags:
-            runs.add((run.tags[PARTITION_TAG], run.tags.get(FINGERPRINT_TAG, "")))
+            runs.add((run.tags[PARTITION_TAG], run.tags.get(FINGERPRINT_TAG)))
         first, last = order.get(run.tags.get(RANGE_START_TAG, "")), order.get(run.tags.get(RANGE_END_TAG, ""))
         if first is not None and last is not None:
             batches.update(partitions[first : last + 1])
@@ -130,6 +131,8 @@ def decide(rd_log_root: RdLogRoot, bundle_store: BundleStore, task_id: str, runn
         return Decision(task_id, "failed_before", f"{reason}, but this session already failed with {why}", fp)
     if (task_id, fp) in running.runs:
         return Decision(task_id, "in_flight", f"{reason}; a run for fingerprint {fp} is queued or running", fp)
+    if (task_id, None) in running.runs:
+        return Decision(task_id, "in_flight", f"{reason}; a run of it launched without a fingerprint is in flight", fp)
     if task_id in running.batches:
         return Decision(task_id, "in_flight", f"{reason}; a backfill batch that covers it is queued or running", fp)
     return Decision(task_id, verdict, reason, fp)

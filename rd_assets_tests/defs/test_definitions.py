@@ -195,7 +195,9 @@ def test_instance_and_workspace_files() -> None:
     workspace = yaml.safe_load((REPO / "workspace.yaml").read_text())
     assert workspace["load_from"][0]["python_module"]["module_name"] == "rd_assets.definitions"
     deploy = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
-    assert "postgresql+psycopg2" in str(deploy["storage"]["postgres"])
+    storages = [deploy[section] for section in ("run_storage", "event_log_storage", "schedule_storage")]
+    assert {s["module"] for s in storages} == {"rd_assets.instance.pooled_postgres_storage"}
+    assert all(s["config"]["postgres_db"]["scheme"] == "postgresql+psycopg2" for s in storages)
 
 
 def test_the_instance_file_loads_as_a_queued_instance(tmp_path: Path) -> None:

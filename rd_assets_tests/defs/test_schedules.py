@@ -155,6 +155,25 @@ def test_a_task_inside_a_running_backfill_batch_is_not_requested_again(
         assert [r.partition_key for r in evaluate(instance, resources)] == [SAMPLE], "the batch ended: requested"
 
 
+def test_a_run_launched_from_the_ui_holds_the_task_too(tmp_path: Path, copy_sample: Callable[[str], Path]) -> None:
+    """A partition materialized from the UI runs as Dagster's asset job with no fingerprint tag of ours; while it
+    is in flight the schedule does not queue a second run of the task, an older run of another job does not."""
+    log_root = copy_sample(SAMPLE).parent
+    resources = chain_resources(tmp_path, log_root)
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(RD_TASK_PARTITIONS_NAME, [SAMPLE])
+        tags = {PARTITION_TAG: SAMPLE}
+        create_run_for_test(instance, "other_job", tags=tags, status=DagsterRunStatus.STARTED)
+        assert [r.partition_key for r in evaluate(instance, resources)] == [SAMPLE], "not a run of these assets"
+        ui_run = create_run_for_test(
+            instance, "__ASSET_JOB", tags=tags, status=DagsterRunStatus.STARTED, asset_selection=frozenset(CHAIN)
+        )
+        held = evaluate(instance, resources)
+        assert isinstance(held, SkipReason) and "'in_flight': 1" in held.skip_message
+        instance.report_run_failed(ui_run)
+        assert [r.partition_key for r in evaluate(instance, resources)] == [SAMPLE]
+
+
 def test_a_vanished_log_dir_is_not_requested(tmp_path: Path) -> None:
     resources = chain_resources(tmp_path, tmp_path / "log")
     (tmp_path / "log").mkdir()

@@ -8,6 +8,7 @@ wrong password is refused with PostgreSQL's own reason.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import time
 from pathlib import Path
@@ -89,6 +90,28 @@ def sessions_opened(postgres: PostgresServer, database: str) -> int:
         conn.close()
 
 
+def admin(postgres: PostgresServer, sql: str, database: str) -> int:
+    """Run ``sql`` (one integer result, ``%s`` = ``database``) on a connection of its own to the server."""
+    conn = postgres.connect("postgres")
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql, (database,))
+            (value,) = cur.fetchone()
+            return int(value)
+    finally:
+        conn.close()
+
+
+def connected(postgres: PostgresServer, database: str) -> int:
+    """Connections to ``database`` open now."""
+    return admin(postgres, "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", database)
+
+
+def database_of(instance: DagsterInstance) -> str:
+    return instance.event_log_storage.postgres_url.rsplit("/", 1)[-1].split("?")[0]
+
+
 def with_storage(home: Path, storage: dict) -> None:
     """Rewrite ``home``'s dagster.yaml with other storage sections, the rest unchanged."""
     config = deploy_config()
@@ -100,7 +123,7 @@ def with_storage(home: Path, storage: dict) -> None:
 def connections_for(postgres: PostgresServer, instance: DagsterInstance, events: int) -> int:
     """Connections opened while ``instance`` writes ``events`` events of a run, then as many materializations
     with tags (what each asset of a run writes)."""
-    database = instance.event_log_storage.postgres_url.rsplit("/", 1)[-1].split("?")[0]
+    database = database_of(instance)
     run = instance.add_run(DagsterRun(job_name="connections"))
     before = sessions_opened(postgres, database)
     for i in range(events):
@@ -139,3 +162,59 @@ def test_the_pool_is_configurable_and_has_no_statement_timeout_by_default(home: 
     with_storage(home, storages)
     with DagsterInstance.get() as instance:
         assert statement_timeout(instance) == "2500ms"
+
+
+@pytest.mark.usefixtures("home")
+def test_an_instance_closes_its_connections_when_disposed(postgres: PostgresServer) -> None:
+    """The code server builds an instance from its ref for every sensor tick and disposes of it after: kept
+    connections must not outlive it, or every tick would leave some open. The schedule storage, which Dagster
+    does not dispose of, closes its connection when the instance is collected."""
+    with DagsterInstance.get() as instance:
+        database, ref = database_of(instance), instance.get_ref()
+    before = connected(postgres, database)
+    with DagsterInstance.from_ref(ref) as tick:
+        run = tick.add_run(DagsterRun(job_name="tick"))
+        tick.report_engine_event("a tick", run)
+        tick.all_instigator_state()
+        assert connected(postgres, database) >= before + 3, "kept while the instance lives"
+    del tick
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while connected(postgres, database) > before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert connected(postgres, database) == before
+
+
+@pytest.mark.usefixtures("home")
+def test_a_kept_connection_that_broke_is_replaced_before_use(postgres: PostgresServer) -> None:
+    """A database restart, a failover or a dropped idle connection breaks a kept connection; the next operation
+    must still succeed, on a new connection, instead of failing on the broken one."""
+    with DagsterInstance.get() as instance:
+        run = instance.add_run(DagsterRun(job_name="broken"))
+        instance.report_engine_event("before", run)
+        terminated = admin(
+            postgres,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            database_of(instance),
+        )
+        assert terminated >= 1
+        instance.report_engine_event("after", run)
+        assert [e.message for e in instance.all_logs(run.run_id)][-2:] == ["before", "after"]
+
+
+@pytest.mark.parametrize(
+    ("pool", "named"),
+    [
+        ({"max_overflow": -7}, "max_overflow"),
+        ({"statement_timeout_ms": -5}, "statement_timeout_ms"),
+        ({"pool_recycle_seconds": 0}, "pool_recycle_seconds"),
+    ],
+)
+def test_a_pool_setting_that_would_break_every_connection_is_refused(home: Path, pool: dict, named: str) -> None:
+    storages = {section: deploy_config()[section] for section in STORAGES}
+    for storage in storages.values():
+        storage["config"]["pool"] = pool
+    with_storage(home, storages)
+    with pytest.raises(ValueError, match=rf"invalid `pool` in dagster.yaml:.*{named}"):
+        DagsterInstance.get()

@@ -1,13 +1,13 @@
 """PostgreSQL stopped for a while under a running deployment: the run in flight fails loudly, nothing hangs.
 
 Every process keeps its connections (``rd_assets.instance.pooled_postgres_storage``). Stopping the server
-breaks them: the run worker's next database call fails on its broken connection (``server closed the connection
-unexpectedly``) or, once the pool has been dropped, on new connections, which dagster-postgres retries for about
-6 s (5 tries, exponential backoff) before ``too many retries for DB connection`` names ``Connection refused`` at
-the configured host and port. Depending on where it lands, the step fails or the worker exits and its code
-server marks the run failed. Either way the logs name the cause, run retries re-execute the run, and the
-sensor's next tick after the outage picks up a task that appeared meanwhile. This test runs its own server,
-since it stops it.
+breaks them: a database call of the run worker running at that moment fails (``server closed the connection
+unexpectedly``); a later one finds its connection broken at checkout and connects anew, which dagster-postgres
+retries for about 6 s (5 tries, exponential backoff) before ``too many retries for DB connection`` names
+``Connection refused`` at the configured host and port. Depending on where it lands, the step fails or the
+worker exits and its code server marks the run failed. Either way the logs name the cause, run retries
+re-execute the run, and the sensor's next tick after the outage picks up a task that appeared meanwhile. This
+test runs its own server, since it stops it.
 """
 
 from __future__ import annotations
