@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self
 
 import psycopg2
@@ -31,6 +32,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 
 if TYPE_CHECKING:
+    from dagster import EventLogEntry
     from dagster._serdes import ConfigurableClassData
     from sqlalchemy.engine import Engine
 
@@ -138,6 +140,23 @@ class PooledPostgresEventLogStorage(_Pooled, PostgresEventLogStorage):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._tables_present: set[str] = set()
         super().__init__(*args, **kwargs)
+
+    def store_event(self, event: EventLogEntry) -> None:
+        """A run's status first, then the event that reports it.
+
+        Why: Dagster stores a run event, then updates the run's status, then tags whether it will be retried.
+        The daemon's run-retry consumer reads new failure events and then their runs; one that reads in between
+        sees the run not yet failed, moves its cursor past the event, and the retry is lost for good. The daemon's
+        own failures (run monitoring: a dead host, a run over its time) are written by the same process as the
+        consumer reads, on the same 5 s rhythm, and with kept connections both land within milliseconds of each
+        other: the host-death test lost its retry about one time in six. Updating the status here first closes
+        that window; Dagster's own update and retry tag that follow write the same values again.
+        """
+        dagster_event = event.dagster_event
+        if dagster_event is not None and dagster_event.is_job_event and self.has_instance:
+            updated = datetime.fromtimestamp(event.timestamp, tz=UTC)
+            self._instance.run_storage.handle_run_event(event.run_id, dagster_event, updated)
+        super().store_event(event)
 
     def has_table(self, table_name: str) -> bool:
         if table_name not in self._tables_present and super().has_table(table_name):

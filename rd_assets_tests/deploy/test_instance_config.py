@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import AssetMaterialization, DagsterInstance, DagsterRun, DefaultRunLauncher, QueuedRunCoordinator
+from dagster import (
+    AssetMaterialization,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    DefaultRunLauncher,
+    QueuedRunCoordinator,
+)
 from dagster_postgres import PostgresEventLogStorage
 from sqlalchemy import text
 
@@ -218,3 +225,46 @@ def test_a_pool_setting_that_would_break_every_connection_is_refused(home: Path,
     with_storage(home, storages)
     with pytest.raises(ValueError, match=rf"invalid `pool` in dagster.yaml:.*{named}"):
         DagsterInstance.get()
+
+
+def status_when_each_run_event_was_stored(postgres: PostgresServer, instance: DagsterInstance) -> list[tuple]:
+    """Fail a run, with a trigger in PostgreSQL recording the run's status at the moment each run event's row is
+    inserted: what the daemon's retry consumer, reading events then runs, can see at that moment."""
+    conn = postgres.connect(database_of(instance))
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(STATUS_AT_INSERT)
+        run = instance.add_run(DagsterRun(job_name="ordering"))
+        instance.report_run_failed(run, "failed on purpose")
+        with conn.cursor() as cur:
+            cur.execute("SELECT event_type, run_status FROM status_at_insert ORDER BY id")
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+STATUS_AT_INSERT = """
+CREATE TABLE IF NOT EXISTS status_at_insert (id serial, event_type text, run_status text);
+TRUNCATE status_at_insert;
+CREATE OR REPLACE FUNCTION record_status() RETURNS trigger AS $$ BEGIN
+  INSERT INTO status_at_insert (event_type, run_status)
+    SELECT NEW.dagster_event_type, status FROM runs WHERE run_id = NEW.run_id;
+  RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE OR REPLACE TRIGGER record_status BEFORE INSERT ON event_logs FOR EACH ROW
+  WHEN (NEW.dagster_event_type LIKE 'PIPELINE_%') EXECUTE FUNCTION record_status();
+"""
+
+
+def test_a_run_is_failed_before_its_failure_event_is_visible(home: Path, postgres: PostgresServer) -> None:
+    """Dagster's own order (``storage: postgres``) stores the failure event while the run is still unfinished,
+    the window in which the retry consumer skips it; these storages update the run first. Dagster's retry tag
+    still comes with the failure."""
+    with DagsterInstance.get() as instance:
+        assert status_when_each_run_event_was_stored(postgres, instance) == [("PIPELINE_FAILURE", "FAILURE")]
+        (run,) = instance.get_runs()
+        assert run.status == DagsterRunStatus.FAILURE and run.tags.get("dagster/will_retry") == "true"
+    with_storage(home, {"storage": {"postgres": deploy_config()["run_storage"]["config"]}})
+    with DagsterInstance.get() as plain:
+        assert status_when_each_run_event_was_stored(postgres, plain) == [("PIPELINE_FAILURE", "NOT_STARTED")]
