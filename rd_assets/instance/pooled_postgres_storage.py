@@ -13,7 +13,8 @@ What keeps a kept connection as safe as a new one: each checkout first pings it,
 restart, a failover, a dropped idle TCP connection) is replaced by a new connection, with dagster-postgres's own
 retries; an instance closes its connections when it is disposed (the code server builds one per sensor tick) or
 collected. Each process keeps one connection per storage in use (three at most) and opens more only while it runs
-queries at once.
+queries at once. The event-log storage also writes a run's status before the run's event, so that Dagster's retry
+consumer never sees a failure event of a run not yet failed (``PooledPostgresEventLogStorage.store_event``).
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class PooledPostgresEventLogStorage(_Pooled, PostgresEventLogStorage):
         sees the run not yet failed, moves its cursor past the event, and the retry is lost for good. The daemon's
         own failures (run monitoring: a dead host, a run over its time) are written by the same process as the
         consumer reads, on the same 5 s rhythm, and with kept connections both land within milliseconds of each
-        other: the host-death test lost its retry about one time in six. Updating the status here first closes
+        other: the host-death test lost its retry in 2 of 10 runs (none of 6 after). Updating the status first closes
         that window; Dagster's own update and retry tag that follow write the same values again.
         """
         dagster_event = event.dagster_event
