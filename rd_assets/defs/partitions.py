@@ -31,9 +31,9 @@ def backfill_batch() -> int:
     Why an environment variable and not an ``EnvVar`` resource: a backfill policy is part of the asset's
     definition, fixed when the definitions load, before any resource exists. Why 50 by default: a run costs a
     process start, a code load and its planned events (several seconds on 2 cores) however many tasks it holds.
-    Through the daemon on PostgreSQL, 200 tasks took 3.5-4.6x the CLI's time in batches of 25 and 2.8-3.6x in
-    batches of 50 (bench/bench_deploy.py, deploy/README.md); a batch of 50 still takes only seconds to retry,
-    shows progress per run, and a backfill of 100 tasks still runs on two cores.
+    Through the daemon on PostgreSQL, 200 tasks took 2.8x the CLI's time in batches of 25, 1.8-2.0x in batches of
+    50 and 1.5x in batches of 100 (bench/bench_deploy.py, deploy/README.md section 7); a batch of 50 still takes
+    only seconds to retry, shows progress per run, and a backfill of 100 tasks still runs on two cores.
     """
     raw = os.environ.get(BACKFILL_BATCH_ENV, "").strip()
     if not raw:

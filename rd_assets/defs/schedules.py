@@ -87,7 +87,7 @@ def is_rd_task_run(run: DagsterRun) -> bool:
 
 def in_flight(instance: DagsterInstance, partitions: list[str]) -> InFlight:
     order = {key: i for i, key in enumerate(partitions)}
-    runs: set[tuple[str, str]] = set()
+    runs: set[tuple[str, str | None]] = set()
     batches: set[str] = set()
     for run in filter(is_rd_task_run, instance.get_runs(filters=RunsFilter(statuses=IN_FLIGHT))):
         if PARTITION_TAG in run.tags:

@@ -83,20 +83,6 @@ def test_the_instance_is_postgres_with_queue_limits_monitoring_and_retries() -> 
         assert again.get_dynamic_partitions("rd_task") == ["written-through-postgres"]
 
 
-def sessions_opened(postgres: PostgresServer, database: str) -> int:
-    """Connections ever opened to ``database`` (PostgreSQL counts them in pg_stat_database.sessions)."""
-    conn = postgres.connect("postgres")
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_stat_clear_snapshot()")
-            cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", (database,))
-            (count,) = cur.fetchone()
-            return int(count)
-    finally:
-        conn.close()
-
-
 def admin(postgres: PostgresServer, sql: str, database: str) -> int:
     """Run ``sql`` (one integer result, ``%s`` = ``database``) on a connection of its own to the server."""
     conn = postgres.connect("postgres")
@@ -108,6 +94,11 @@ def admin(postgres: PostgresServer, sql: str, database: str) -> int:
             return int(value)
     finally:
         conn.close()
+
+
+def sessions_opened(postgres: PostgresServer, database: str) -> int:
+    """Connections ever opened to ``database`` (PostgreSQL counts them in pg_stat_database.sessions)."""
+    return admin(postgres, "SELECT sessions FROM pg_stat_database WHERE datname = %s", database)
 
 
 def connected(postgres: PostgresServer, database: str) -> int:
